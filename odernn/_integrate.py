@@ -1,0 +1,331 @@
+"""How a dynamics is integrated: torchdiffeq underneath, NFE accounting, per-sample gaps, bounded solves.
+
+Two entry points:
+
+* :func:`odesolve` / :class:`ODEBlock`: a plain solve of a dynamics over a shared time grid (continuous-depth
+  layers, trajectories).
+* :func:`solve_gaps` (private, used by :class:`odernn.ODERNN`): one batched solve in which every sample ``b`` moves
+  from its own time ``t0[b]`` through its own gap ``dt[b]``. Time is rescaled, ``t = t0 + s * dt`` with
+  ``s in [0, 1]`` and ``dz/ds = dt * f(t, z)``, so a single solve serves different gaps; a zero gap leaves that
+  sample's state unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+import torchdiffeq
+
+from ._dynamics import Dynamics
+
+__all__ = ["SolverConfig", "SolverError", "odesolve", "ODEBlock", "solve_gaps"]
+
+ADAPTIVE_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"})
+FIXED_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
+                           "fixed_adams"})
+METHODS = ADAPTIVE_METHODS | FIXED_METHODS
+
+
+class SolverError(RuntimeError):
+    """A solve that could not finish: too many steps, a step size that underflowed, or a non-finite state."""
+
+
+def _sample_rms_max(x: Tensor) -> Tensor:
+    """Max over the batch (dim 0) of each sample's RMS: step control driven by the worst sample, so a sample's
+    accuracy does not depend on what else is in the batch."""
+    if x.dim() < 2:
+        return x.abs().max() if x.numel() else x.new_zeros(())
+    return x.reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt().max()
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.pow(2).mean().sqrt()
+
+
+_NORMS = {"sample": _sample_rms_max, "rms": _rms}
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """Validated solver settings, normalised once at construction.
+
+    Args:
+        method: any torchdiffeq method (``"dopri5"`` default).
+        rtol, atol: tolerances of adaptive methods.
+        adjoint: differentiate with the adjoint method (``True``) or by direct backpropagation through the solver.
+        seminorm: use the seminorm on the adjoint solve (Kidger et al. 2021): the parameter-gradient channels do not
+            take part in step-size control. Only used with ``adjoint=True``.
+        norm: ``"sample"`` (max over the batch of per-sample RMS, the default: results do not depend on how a batch is
+            composed) or ``"rms"`` (torchdiffeq's RMS over all elements).
+        max_steps: most steps of one adaptive solve; more raises :class:`SolverError`. For every method, a solve
+            that evaluates the vector field more than ``20 * max_steps`` times also raises.
+        step_size: step of fixed-grid methods (in the solve's own time: ``s in [0, 1]`` inside an ODE-RNN).
+        options: further torchdiffeq options.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    adjoint: bool = True
+    seminorm: bool = True
+    norm: str = "sample"
+    max_steps: int = 10_000
+    step_size: Optional[float] = None
+    options: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown solver method {self.method!r}; expected one of {sorted(METHODS)}")
+        for name in ("rtol", "atol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.norm not in _NORMS:
+            raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {self.norm!r}")
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
+        if self.method in FIXED_METHODS and self.step_size is None and "grid_constructor" not in dict(self.options):
+            raise ValueError(f"fixed-grid method {self.method!r} needs step_size=...")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be positive, got {self.step_size!r}")
+
+    @classmethod
+    def make(cls, *, options: Optional[dict] = None, **kwargs: Any) -> "SolverConfig":
+        return cls(options=tuple(sorted((options or {}).items())), **kwargs)
+
+    @functools.cached_property
+    def _solver_options(self) -> dict:
+        opts = dict(self.options)
+        opts["norm"] = _NORMS[self.norm]
+        if self.method in ADAPTIVE_METHODS:
+            opts.setdefault("max_num_steps", self.max_steps)
+        else:
+            opts.pop("norm")
+            if self.step_size is not None:
+                opts.setdefault("step_size", self.step_size)
+        return opts
+
+    def odeint_kwargs(self) -> dict:
+        """Keyword arguments for ``torchdiffeq.odeint`` / ``odeint_adjoint`` (fresh dicts: torchdiffeq mutates them)."""
+        kw: dict = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=dict(self._solver_options))
+        if self.adjoint:
+            adj = dict(self._solver_options)
+            if self.method in ADAPTIVE_METHODS:
+                if self.seminorm:
+                    adj["norm"] = "seminorm"  # torchdiffeq wraps the forward norm and drops the parameter channels
+                else:
+                    del adj["norm"]  # torchdiffeq's default: forward norm on states, mixed norm over parameters
+            kw["adjoint_options"] = adj
+        return kw
+
+
+class _Field(nn.Module):
+    """The function torchdiffeq integrates: the dynamics, optionally time-rescaled per sample, with NFE accounting.
+
+    Counting happens here because here the phase is known: with the adjoint method the forward solve runs with
+    gradients disabled and the adjoint solve evaluates the field with gradients enabled; with direct
+    backpropagation every evaluation is a forward one and a hook on its output counts its backward pass.
+    """
+
+    def __init__(self, dynamics: Dynamics, adjoint: bool, max_evals: int,
+                 t0: Optional[Tensor] = None, dt: Optional[Tensor] = None) -> None:
+        super().__init__()
+        self.dynamics = dynamics
+        self.adjoint = adjoint
+        self.max_evals = max_evals
+        self.n_forward = 0
+        self.n_backward = 0
+        self.t0 = t0
+        self.dt = dt
+        self.scale: Optional[Tensor] = None
+
+    def set_scale(self, z_dim: int) -> None:
+        if self.dt is not None:
+            self.scale = self.dt.reshape((-1,) + (1,) * (z_dim - 1))
+
+    def forward(self, s: Tensor, z: Tensor) -> Tensor:
+        if self.dt is None:
+            out = self.dynamics(s, z)
+        else:
+            out = self.dynamics(self.t0 + s.to(self.dt.dtype) * self.dt, z) * self.scale
+        backward = self.adjoint and torch.is_grad_enabled()
+        if backward:
+            self.n_backward += 1
+            n = self.n_backward
+        else:
+            self.n_forward += 1
+            n = self.n_forward
+        if n > self.max_evals:
+            phase = "adjoint (backward)" if backward else "forward"
+            raise SolverError(f"the {phase} solve evaluated the vector field more than {self.max_evals} times without "
+                              f"finishing; the dynamics may be stiff or blowing up. Loosen rtol/atol, raise max_steps, "
+                              f"or regularise the model")
+        counters = self.dynamics._nfe_counters
+        if counters:
+            for c in counters:
+                if backward:
+                    c.backward += 1
+                else:
+                    c.forward += 1
+            if not self.adjoint and out.requires_grad:
+                out.register_hook(functools.partial(_count_backward, counters))
+        return out
+
+
+def _count_backward(counters: tuple, grad: Tensor) -> None:
+    for c in counters:
+        c.backward += 1
+
+
+def _run(field: _Field, z0: Tensor, s: Tensor, cfg: SolverConfig) -> Tensor:
+    kw = cfg.odeint_kwargs()
+    try:
+        if cfg.adjoint:
+            params = [p for p in field.dynamics.parameters() if p.requires_grad]
+            params += [x for x in (field.t0, field.dt) if x is not None and x.requires_grad]
+            return torchdiffeq.odeint_adjoint(field, z0, s, adjoint_params=tuple(params), **kw)
+        return torchdiffeq.odeint(field, z0, s, **kw)
+    except AssertionError as e:  # torchdiffeq signals step failures with assertions
+        msg = str(e)
+        if "max_num_steps" in msg:
+            raise SolverError(f"the solve needed more than max_steps={cfg.max_steps} steps ({msg}); loosen rtol/atol "
+                              f"or raise max_steps") from e
+        if "underflow" in msg:
+            raise SolverError(f"the step size underflowed ({msg}): the dynamics are too stiff for {cfg.method!r} at "
+                              f"rtol={cfg.rtol}, atol={cfg.atol}") from e
+        if "non-finite" in msg:
+            raise SolverError("the state became non-finite (NaN or inf) during the solve: the dynamics blew up") from e
+        raise
+
+
+def _check_state(z0: Tensor, name: str = "z0") -> None:
+    if not isinstance(z0, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z0).__name__}")
+    if not z0.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {z0.dtype}")
+    if z0.dim() < 2:
+        raise ValueError(f"{name} must be batch-first with at least 2 dims (batch, channels, ...), got shape "
+                         f"{tuple(z0.shape)}")
+
+
+def _check_output_shape(dynamics: Dynamics, t: Tensor, z0: Tensor) -> None:
+    """Evaluate once before solving and explain a shape mismatch in plain words."""
+    with torch.no_grad():
+        try:
+            out = dynamics(t, z0)
+        except RuntimeError as e:
+            raise ValueError(f"evaluating the dynamics on a state of shape {tuple(z0.shape)} failed: {e}") from e
+    if out.shape != z0.shape:
+        raise ValueError(f"the dynamics returned shape {tuple(out.shape)}, whilst the state has shape "
+                         f"{tuple(z0.shape)}; check the network's input/output sizes")
+
+
+def odesolve(dynamics: Dynamics, z0: Tensor, t: Tensor, *, method: str = "dopri5", rtol: float = 1e-7,
+             atol: float = 1e-9, adjoint: bool = True, seminorm: bool = True, norm: str = "sample",
+             max_steps: int = 10_000, step_size: Optional[float] = None, options: Optional[dict] = None) -> Tensor:
+    """Solve ``dz/dt = dynamics(t, z)`` from ``z0`` over a shared, strictly monotone time grid.
+
+    Args:
+        dynamics: an :class:`odernn.Dynamics` (NODE, ANODE, SONODE, HBNODE, GHBNODE or your own subclass).
+        z0: initial state, shape (batch, state, ...). Build it with ``dynamics.initial_state(h0, v0)``.
+        t: times, shape (T,), T >= 2, strictly increasing or strictly decreasing.
+        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options: see :class:`SolverConfig`.
+
+    Returns:
+        The states at ``t``, batch-first: shape (batch, T, state, ...).
+
+    Raises:
+        TypeError, ValueError: on bad input (message says what was received and what was expected).
+        SolverError: when the solve does not finish within ``max_steps``.
+    """
+    cfg = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm, norm=norm,
+                            max_steps=max_steps, step_size=step_size, options=options)
+    return _odesolve(dynamics, z0, t, cfg)
+
+
+def _odesolve(dynamics: Dynamics, z0: Tensor, t: Tensor, cfg: SolverConfig) -> Tensor:
+    if not isinstance(dynamics, Dynamics):
+        raise TypeError(f"dynamics must be an odernn.Dynamics module, got {type(dynamics).__name__}")
+    _check_state(z0)
+    t = torch.as_tensor(t, device=z0.device)
+    if not t.is_floating_point():
+        t = t.to(z0.dtype)
+    if t.dim() != 1 or t.numel() < 2:
+        raise ValueError(f"t must be a 1-D tensor of at least 2 times, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError("t contains NaN or inf")
+    d = t.diff()
+    if not ((d > 0).all() or (d < 0).all()):
+        raise ValueError(f"t must be strictly monotone with no repeated times, got {t.tolist()}")
+    if not torch.isfinite(z0).all():
+        raise ValueError("z0 contains NaN or inf")
+    _check_output_shape(dynamics, t[0], z0)
+    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps)
+    out = _run(field, z0, t, cfg)  # (T, B, ...)
+    return out.movedim(0, 1)
+
+
+class ODEBlock(nn.Module):
+    """A continuous-depth layer: ``z(t1)`` from ``z(t0) = z0`` under a dynamics (the paper's image and point-cloud
+    models).
+
+    Args:
+        dynamics: an :class:`odernn.Dynamics`.
+        t0, t1: integration interval (default [0, 1]).
+        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options: see :class:`SolverConfig`.
+
+    Shapes:
+        ``forward(z0)``: (batch, state, ...) -> (batch, state, ...).
+    """
+
+    def __init__(self, dynamics: Dynamics, *, t0: float = 0.0, t1: float = 1.0, method: str = "dopri5",
+                 rtol: float = 1e-3, atol: float = 1e-4, adjoint: bool = True, seminorm: bool = True,
+                 norm: str = "sample", max_steps: int = 10_000, step_size: Optional[float] = None,
+                 options: Optional[dict] = None) -> None:
+        super().__init__()
+        if not isinstance(dynamics, Dynamics):
+            raise TypeError(f"dynamics must be an odernn.Dynamics module, got {type(dynamics).__name__}")
+        if not t1 != t0:
+            raise ValueError(f"t0 and t1 must differ, got t0={t0}, t1={t1}")
+        self.dynamics = dynamics
+        self.register_buffer("t", torch.tensor([float(t0), float(t1)]), persistent=False)
+        self.solver = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm,
+                                        norm=norm, max_steps=max_steps, step_size=step_size, options=options)
+
+    def forward(self, z0: Tensor) -> Tensor:
+        return _odesolve(self.dynamics, z0, self.t.to(z0.dtype), self.solver)[:, -1]
+
+
+_S01: dict = {}
+
+
+def _unit_interval(dtype: torch.dtype, device: torch.device) -> Tensor:
+    key = (dtype, device)
+    s = _S01.get(key)
+    if s is None:
+        s = _S01[key] = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
+    return s
+
+
+def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: SolverConfig) -> Tensor:
+    """Move each sample ``b`` from time ``t0[b]`` to ``t0[b] + dt[b]`` in one batched, time-rescaled solve.
+
+    Inputs are assumed validated by the caller (the hot path of :class:`odernn.ODERNN`).
+
+    Args:
+        dynamics: the dynamics.
+        z0: (batch, state, ...) states at ``t0``.
+        t0: (batch,) start times.
+        dt: (batch,) non-negative gaps; 0 leaves the sample unchanged.
+        cfg: solver settings.
+
+    Returns:
+        (batch, state, ...) states at ``t0 + dt``.
+    """
+    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt)
+    field.set_scale(z0.dim())
+    return _run(field, z0, _unit_interval(z0.dtype, z0.device), cfg)[-1]
