@@ -1,0 +1,198 @@
+"""Plane vibration (F-16 ground vibration test) with the HBNODE protocol (Xia et al. 2021, Sec. 5.3).
+
+The file ``plane_vibration/pv.csv`` holds 73,728 rows (9 periods x 8,192 samples at 400 Hz) of five attributes:
+force, voltage and three accelerations (the ``Fs`` column and the trailing empty column are ignored).
+
+Protocol, reproducing the official code (``pvdat.py`` of hedixia/HeavyBallNODE) draw for draw:
+
+1. ``rng = numpy.random.RandomState(1)``. The official code first draws (and multiplies by 0) a Gaussian noise
+   array of the data's shape, ``rng.standard_normal((73728, 5))``; those draws are consumed here too so that the
+   same stamps are kept.
+2. The last 100 stamps are held back (so that forecasts never run past the file): of the first
+   ``73,628`` stamps ``int(73,628 * 0.9) = 66,265`` are kept, ``rng.choice(73628, 66265, replace=False)``, sorted.
+3. The first ``int(0.5 * 66,265) = 33,132`` kept stamps are the training split, the next
+   ``int(0.25 * 66,265) = 16,566`` the validation split, the last ``16,567`` the test split.
+4. Each split is cut into non-overlapping segments of 65 consecutive kept stamps ``s_0 < ... < s_64`` (leftover
+   stamps at the end of a split are unused): 509 / 254 / 254 segments.
+
+Normalisation: the official code standardised with the mean and std of the *whole* series, which leaks test
+data into training. Here the mean and (population) std are computed on the training split's kept stamps only and
+applied to every split.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ._irregular import drop_stamps
+from ._root import ensure_dataset
+
+__all__ = ["PlaneVibration", "plane_vibration"]
+
+COLUMNS = ("Force", "Voltage", "Acceleration1", "Acceleration2", "Acceleration3")
+SAMPLE_RATE_HZ = 400.0
+SEED = 1
+HOLD_BACK = 100
+DROP_FRACTION = 0.1
+INPUT_LEN = 64
+FORECAST_LEN = 8
+SPLITS = ("train", "valid", "test")
+
+
+def read_pv_csv(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read ``pv.csv``: float64 array ``(73728, 5)`` of the columns ``COLUMNS``.
+
+    Raises:
+        ValueError: If the header does not start with the expected five column names.
+    """
+    frame = pd.read_csv(path, usecols=range(len(COLUMNS)), float_precision="round_trip")
+    names = tuple(str(c) for c in frame.columns)
+    if names != COLUMNS:
+        raise ValueError(f"{path}: expected columns {list(COLUMNS)}, got {list(names)}")
+    return frame.to_numpy(dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    data: np.ndarray  # (N, 5) float64, raw
+    stamps: dict[str, np.ndarray]  # kept stamps of each split, sorted
+    segments: dict[str, np.ndarray]  # (n_segments, 65) int64 stamps
+
+
+def kept_stamps(n_rows: int, n_features: int = len(COLUMNS)) -> np.ndarray:
+    """Stamps kept by the protocol for a file of ``n_rows`` rows, sorted ``int64`` of shape ``(k,)``."""
+    rng = np.random.RandomState(SEED)
+    rng.standard_normal((n_rows, n_features))  # drawn (and multiplied by 0) by the official code; consume it
+    return drop_stamps(n_rows - HOLD_BACK, DROP_FRACTION, generator=rng, method="exact")
+
+
+def split_stamps(stamps: np.ndarray) -> dict[str, np.ndarray]:
+    """Split sorted kept stamps 2 : 1 : 1 the way the official code rounds (train and valid floored)."""
+    n = stamps.shape[0]
+    n_train, n_valid = int(0.5 * n), int(0.25 * n)
+    n_test = n - n_train - n_valid
+    return {"train": stamps[:n_train], "valid": stamps[n_train:n - n_test], "test": stamps[n - n_test:]}
+
+
+@lru_cache(maxsize=4)
+def _protocol(path: str, size: int, mtime_ns: int) -> _Protocol:
+    del size, mtime_ns
+    data = read_pv_csv(path)
+    stamps = split_stamps(kept_stamps(data.shape[0], data.shape[1]))
+    seg_len = INPUT_LEN + 1
+    segments = {}
+    for split, lab in stamps.items():
+        n_seg = lab.shape[0] // seg_len
+        segments[split] = lab[:n_seg * seg_len].reshape(n_seg, seg_len)
+    return _Protocol(data, stamps, segments)
+
+
+class PlaneVibration(Dataset):
+    """Plane-vibration segments of one split (see the module docstring for the protocol).
+
+    For segment ``k`` with kept stamps ``s_0 < s_1 < ... < s_64`` (sample indices into the 400 Hz file) the item
+    is a dict:
+
+    - ``"x"``: float32 ``(64, 5)``, values at the input stamps ``s_0 .. s_63``.
+    - ``"t"``: float32 ``(64,)``, the input times ``s_0 .. s_63``, in samples (seconds = ``t / 400``);
+      absolute, strictly increasing.
+    - ``"y"``: float32 ``(64, 5)``, next-stamp targets: values at ``s_1 .. s_64`` (the next *kept* stamp of each
+      input; the official code's training target).
+    - ``"t_y"``: float32 ``(64,)``, their times ``s_1 .. s_64`` (``t_y - t`` is the official code's time input).
+    - ``"y_future"``: float32 ``(8, 5)``, forecast targets: the raw samples ``s_64, s_64 + 1, ..., s_64 + 7``
+      (8 consecutive samples of the file starting at the segment's last stamp, whether kept or not).
+    - ``"t_future"``: float32 ``(8,)``, their times ``s_64 + 0 .. 7``, all strictly after ``t[-1] = s_63``.
+
+    Attributes:
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        segments: int64 ``(n_segments, 65)``, the stamps of each segment.
+        mean, std: float64 ``(5,)`` statistics of the training split's kept stamps.
+        normalize: Whether values are standardised with ``mean`` and ``std``.
+        sample_rate: 400.0 (Hz), to convert times to seconds.
+    """
+
+    sample_rate = SAMPLE_RATE_HZ
+    columns = COLUMNS
+
+    def __init__(self, proto: _Protocol, split: str, *, normalize: bool) -> None:
+        self.split = split
+        self.segments = proto.segments[split]
+        train = proto.data[proto.stamps["train"]]
+        self.mean = train.mean(axis=0)
+        std = train.std(axis=0)
+        self.std = np.where(std > 0, std, 1.0)
+        self.normalize = normalize
+        values = (proto.data - self.mean) / self.std if normalize else proto.data
+        self._values = values.astype(np.float32)
+        self._offsets = np.arange(FORECAST_LEN, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.segments.shape[0])
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"segment index {k} out of range for {len(self)} segments")
+        seg = self.segments[k]
+        future = seg[-1] + self._offsets
+        return {
+            "x": torch.from_numpy(self._values[seg[:-1]]),
+            "t": torch.from_numpy(seg[:-1].astype(np.float32)),
+            "y": torch.from_numpy(self._values[seg[1:]]),
+            "t_y": torch.from_numpy(seg[1:].astype(np.float32)),
+            "y_future": torch.from_numpy(self._values[future]),
+            "t_future": torch.from_numpy(future.astype(np.float32)),
+        }
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation on values of shape ``(..., 5)``; identity when ``normalize=False``."""
+        if not self.normalize:
+            return values
+        mean = torch.as_tensor(self.mean, dtype=values.dtype, device=values.device)
+        std = torch.as_tensor(self.std, dtype=values.dtype, device=values.device)
+        return values * std + mean
+
+    def __repr__(self) -> str:
+        return f"PlaneVibration(split={self.split!r}, segments={len(self)}, normalize={self.normalize})"
+
+
+def plane_vibration(
+    split: Literal["train", "valid", "test"],
+    root: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    *,
+    normalize: bool = True,
+) -> PlaneVibration:
+    """Plane-vibration segments under the HBNODE protocol: 509 / 254 / 254 for train / valid / test.
+
+    The CSV is parsed once per process and kept in memory.
+
+    Args:
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        root: Data root holding ``plane_vibration/pv.csv`` (default ``$ODERNN_DATA``, else the user cache).
+        download: Download the file if missing (verified by SHA-256).
+        normalize: Standardise with the training split's mean and std (default True). False gives raw values.
+
+    Returns:
+        A :class:`PlaneVibration` dataset; items ``{"x": (64, 5), "t": (64,), "y": (64, 5), "t_y": (64,),
+        "y_future": (8, 5), "t_future": (8,)}``.
+
+    Raises:
+        ValueError: Unknown split, or a file with unexpected columns.
+        MissingDataError: File missing and not downloadable.
+        ChecksumError: The file differs from the published one.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    folder = ensure_dataset("plane_vibration", root=root, download=download)
+    path = (Path(folder) / "pv.csv").resolve()
+    st = path.stat()
+    return PlaneVibration(_protocol(str(path), st.st_size, st.st_mtime_ns), split, normalize=bool(normalize))

@@ -1,0 +1,149 @@
+"""Silverbox (an electronic Duffing oscillator; Wigren & Schoukens 2013), the SNLS80mV record.
+
+``silverbox/sb.csv`` holds 131,072 rows of ``V1`` (input voltage) and ``V2`` (output voltage), sampled at
+``10**7 / 2**14 = 610.3515625`` Hz. The HBNODE paper uses it for its initialisation study: integrate each model over
+``t`` in ``[0, 64)`` with the input ``V1(t)`` interpolated between samples, and plot ``||h(t)||``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ._root import ensure_dataset
+
+__all__ = ["Silverbox", "silverbox"]
+
+COLUMNS = ("V1", "V2")
+SAMPLE_RATE_HZ = 1e7 / 2**14  # 610.3515625 Hz
+
+
+@lru_cache(maxsize=4)
+def _read(path: str, size: int, mtime_ns: int) -> np.ndarray:
+    del size, mtime_ns
+    frame = pd.read_csv(path, usecols=range(len(COLUMNS)), float_precision="round_trip")
+    names = tuple(str(c) for c in frame.columns)
+    if names != COLUMNS:
+        raise ValueError(f"{path}: expected columns {list(COLUMNS)}, got {list(names)}")
+    return frame.to_numpy(dtype=np.float64)
+
+
+class Silverbox(Dataset):
+    """The Silverbox record as one item (default) or as windows.
+
+    Item ``k`` is a dict with
+
+    - ``"t"``: float32 ``(L,)``, times in samples (default) or seconds (``time_unit="s"``), strictly increasing;
+      absolute, i.e. sample ``i`` of the file has time ``i`` (or ``i / 610.3515625``).
+    - ``"x"``: float32 ``(L, 1)``, the input voltage ``V1``.
+    - ``"y"``: float32 ``(L, 1)``, the output voltage ``V2``.
+
+    With ``window=None`` there is one item with the whole record (``L = 131072``); otherwise item ``k`` covers
+    samples ``[k * stride, k * stride + window)`` (only full windows).
+
+    Attributes:
+        v1, v2: float64 ``(131072,)``, the (optionally centred and scaled) voltages.
+        sample_rate: 610.3515625 (Hz).
+        time_unit: ``"sample"`` or ``"s"``.
+    """
+
+    sample_rate = SAMPLE_RATE_HZ
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        *,
+        window: int | None,
+        stride: int | None,
+        time_unit: str,
+        center: bool,
+        scale: float,
+    ) -> None:
+        values = data - data.mean(axis=0) if center else data
+        values = values * scale
+        self.v1 = values[:, 0].copy()
+        self.v2 = values[:, 1].copy()
+        self.time_unit = time_unit
+        n = values.shape[0]
+        self._t = np.arange(n, dtype=np.float64) / (SAMPLE_RATE_HZ if time_unit == "s" else 1.0)
+        self._x = values[:, :1].astype(np.float32)
+        self._y = values[:, 1:2].astype(np.float32)
+        if window is None:
+            self._starts = np.zeros(1, dtype=np.int64)
+            self._len = n
+        else:
+            step = window if stride is None else stride
+            self._starts = np.arange(0, n - window + 1, step, dtype=np.int64)
+            self._len = window
+
+    def __len__(self) -> int:
+        return int(self._starts.shape[0])
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"index {k} out of range for {len(self)} item(s)")
+        s = int(self._starts[k])
+        e = s + self._len
+        return {
+            "t": torch.from_numpy(self._t[s:e].astype(np.float32)),
+            "x": torch.from_numpy(self._x[s:e]),
+            "y": torch.from_numpy(self._y[s:e]),
+        }
+
+    def __repr__(self) -> str:
+        return f"Silverbox(items={len(self)}, length={self._len}, time_unit={self.time_unit!r})"
+
+
+def silverbox(
+    root: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    time_unit: Literal["sample", "s"] = "sample",
+    center: bool = False,
+    scale: float = 1.0,
+) -> Silverbox:
+    """The Silverbox SNLS80mV record: input ``V1`` and output ``V2`` with their sample times.
+
+    The reference code of the initialisation study (HBNODE, via SONODE's loader) subtracts each voltage's mean and
+    multiplies by 100 and measures time in samples: ``center=True, scale=100.0`` reproduces that.
+
+    Args:
+        root: Data root holding ``silverbox/sb.csv`` (default ``$ODERNN_DATA``, else the user cache).
+        download: Download the file if missing (verified by SHA-256).
+        window: ``None`` for one item with the whole record, else the samples per window.
+        stride: Step between window starts (default ``window``).
+        time_unit: ``"sample"`` (time of sample ``i`` is ``i``) or ``"s"`` (seconds).
+        center: Subtract the mean of each voltage over the record.
+        scale: Multiply the (centred) voltages by this factor.
+
+    Returns:
+        A :class:`Silverbox` dataset; items ``{"t": (L,), "x": (L, 1), "y": (L, 1)}``.
+
+    Raises:
+        ValueError: Bad ``window``/``stride``/``time_unit``, or a file with unexpected columns.
+        MissingDataError: File missing and not downloadable.
+        ChecksumError: The file differs from the published one.
+    """
+    if time_unit not in ("sample", "s"):
+        raise ValueError(f"time_unit must be 'sample' or 's', got {time_unit!r}")
+    for name, val in (("window", window), ("stride", stride)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1):
+            raise ValueError(f"{name} must be None or a positive int, got {val!r}")
+    if stride is not None and window is None:
+        raise ValueError("stride= needs window=; with window=None the whole record is one item")
+    folder = ensure_dataset("silverbox", root=root, download=download)
+    path = (Path(folder) / "sb.csv").resolve()
+    st = path.stat()
+    data = _read(str(path), st.st_size, st.st_mtime_ns)
+    if window is not None and window > data.shape[0]:
+        raise ValueError(f"window={window} is longer than the record ({data.shape[0]} samples)")
+    return Silverbox(data, window=window, stride=stride, time_unit=time_unit, center=bool(center), scale=float(scale))

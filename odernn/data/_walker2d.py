@@ -1,0 +1,190 @@
+"""Walker2D kinematic data with the ODE-LSTM protocol (Lechner & Hasani 2020), as used by the HBNODE paper.
+
+Protocol, step by step (the order matters, because one random generator is shared over the splits):
+
+1. Sort the 400 file names ``rollout_000.npy`` ... ``rollout_399.npy`` and shuffle the list with
+   ``numpy.random.RandomState(125487).shuffle``.
+2. ``n_test = int(0.15 * 400) = 60`` first files are the test split, the files up to ``int(0.25 * 400) = 100``
+   the validation split, the remaining 300 the training split (each in shuffled order).
+3. Per rollout of ``T`` rows: inputs are rows ``0..T-2``, targets rows ``1..T-1`` (the next raw step).
+4. One ``RandomState(891374)`` draws one ``rand()`` per input step, over the training rollouts, then the
+   validation rollouts, then the test rollouts; a step is kept when ``rand() < 0.9``. The time value of a kept
+   step is the number of raw steps since the previous kept step (the first kept step of a rollout at raw row
+   ``r`` gets ``r + 1``).
+5. Per rollout with ``K`` kept steps, windows of 64 kept steps start at ``0, 16, 32, ...`` while
+   ``start < K - 64`` (``range(0, K - 64, 16)``: a window ending exactly at the last kept step is not used).
+
+This yields 9,684 / 1,272 / 1,937 windows. Values are float32 copies of the float64 files and are not
+normalised (the ODE-LSTM and HBNODE papers report MSE on raw values).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._irregular import drop_stamps
+from ._root import ensure_dataset
+
+__all__ = ["Walker2d", "walker2d"]
+
+SHUFFLE_SEED = 125487
+DROP_SEED = 891374
+DROP_FRACTION = 0.1  # keep a step when rand() < 1 - 0.1 == 0.9
+TEST_FRACTION = 0.15
+VALID_FRACTION = 0.10
+WINDOW = 64
+STRIDE = 16
+N_FEATURES = 17
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class _Split:
+    files: tuple[str, ...]
+    x: tuple[np.ndarray, ...]  # per rollout, kept input rows, (K, 17) float32
+    y: tuple[np.ndarray, ...]  # per rollout, next raw rows, (K, 17) float32
+    dt: tuple[np.ndarray, ...]  # per rollout, raw steps since previous kept step, (K,) float32
+    windows: np.ndarray  # (n_windows, 2) int64: rollout index, start
+
+
+def _split_files(names: list[str]) -> dict[str, list[str]]:
+    names = sorted(names)
+    np.random.RandomState(SHUFFLE_SEED).shuffle(names)
+    n_test = int(TEST_FRACTION * len(names))
+    n_test_valid = int((TEST_FRACTION + VALID_FRACTION) * len(names))
+    return {"test": names[:n_test], "valid": names[n_test:n_test_valid], "train": names[n_test_valid:]}
+
+
+@lru_cache(maxsize=4)
+def _protocol(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> dict[str, _Split]:
+    """Run the protocol once for a folder (``stamp`` = file names, sizes, mtimes, so a changed file reloads)."""
+    del stamp
+    names = [f for f in os.listdir(folder) if f.endswith(".npy")]
+    groups = _split_files(names)
+    rng = np.random.RandomState(DROP_SEED)
+    out: dict[str, _Split] = {}
+    for split in SPLITS:  # train, then valid, then test: the generator is shared in this order
+        xs, ys, dts, wins = [], [], [], []
+        for k, name in enumerate(groups[split]):
+            arr = np.load(os.path.join(folder, name))
+            if arr.ndim != 2 or arr.shape[1] != N_FEATURES:
+                raise ValueError(f"{name}: expected a (T, {N_FEATURES}) array, got shape {arr.shape}")
+            inputs = arr[:-1].astype(np.float32)
+            targets = arr[1:].astype(np.float32)
+            kept = drop_stamps(inputs.shape[0], DROP_FRACTION, generator=rng, method="bernoulli")
+            dt = np.diff(kept, prepend=-1).astype(np.float32)
+            xs.append(inputs[kept])
+            ys.append(targets[kept])
+            dts.append(dt)
+            for start in range(0, kept.shape[0] - WINDOW, STRIDE):
+                wins.append((k, start))
+        out[split] = _Split(
+            tuple(groups[split]), tuple(xs), tuple(ys), tuple(dts), np.asarray(wins, dtype=np.int64).reshape(-1, 2)
+        )
+    return out
+
+
+class Walker2d(Dataset):
+    """Walker2D windows of one split under the ODE-LSTM protocol (see the module docstring).
+
+    Item ``k`` is a dict:
+
+    - ``"x"``: float32 ``(64, 17)``, the 64 kept input steps of the window.
+    - ``"dt"``: float32 ``(64,)``, raw steps since the previous kept step (1, 2, 3, ...), the ODE-LSTM time input.
+    - ``"t"``: float32 ``(64,)``, absolute observation times ``cumsum(dt)``, measured from the kept step just
+      before the window (so ``t[0] = dt[0]``, ``t[i] - t[i-1] = dt[i]``); strictly increasing, in raw steps.
+    - ``"y"``: float32 ``(64, 17)``, the next raw step after each input step (raw row ``r + 1`` for input row
+      ``r``, whether or not row ``r + 1`` was kept).
+
+    Attributes:
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        files: Rollout file names of the split, in protocol order.
+        mean, std: float32 ``(17,)`` statistics of the training inputs (kept steps of the training rollouts),
+            applied to ``x`` and ``y`` only when ``normalize=True``.
+        normalize: Whether items are standardised.
+    """
+
+    def __init__(self, split: _Split, name: str, train: _Split, *, normalize: bool) -> None:
+        self.split = name
+        self._data = split
+        self.files = split.files
+        stacked = np.concatenate(train.x, axis=0).astype(np.float64)
+        self.mean = stacked.mean(axis=0).astype(np.float32)
+        std = stacked.std(axis=0)
+        self.std = np.where(std > 0, std, 1.0).astype(np.float32)
+        self.normalize = normalize
+
+    def __len__(self) -> int:
+        return int(self._data.windows.shape[0])
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"window index {k} out of range for {len(self)} windows")
+        r, s = self._data.windows[k]
+        x = self._data.x[r][s:s + WINDOW]
+        y = self._data.y[r][s:s + WINDOW]
+        dt = self._data.dt[r][s:s + WINDOW]
+        if self.normalize:
+            x = (x - self.mean) / self.std
+            y = (y - self.mean) / self.std
+        return {
+            "x": torch.from_numpy(np.array(x, dtype=np.float32)),
+            "t": torch.from_numpy(np.cumsum(dt, dtype=np.float32)),
+            "dt": torch.from_numpy(np.array(dt, dtype=np.float32)),
+            "y": torch.from_numpy(np.array(y, dtype=np.float32)),
+        }
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Undo ``normalize=True`` on values of shape ``(..., 17)``; identity when ``normalize=False``."""
+        if not self.normalize:
+            return values
+        mean = torch.as_tensor(self.mean, dtype=values.dtype, device=values.device)
+        std = torch.as_tensor(self.std, dtype=values.dtype, device=values.device)
+        return values * std + mean
+
+    def __repr__(self) -> str:
+        return f"Walker2d(split={self.split!r}, windows={len(self)}, rollouts={len(self.files)})"
+
+
+def walker2d(
+    split: Literal["train", "valid", "test"],
+    root: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    *,
+    normalize: bool = False,
+) -> Walker2d:
+    """Walker2D windows under the ODE-LSTM protocol: 9,684 / 1,272 / 1,937 for train / valid / test.
+
+    The 400 rollouts are read once per process (all three splits are computed together, because the
+    step-dropping generator is shared over them) and kept in memory; items are sliced on access.
+
+    Args:
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        root: Data root holding ``walker2d/rollout_NNN.npy`` (default ``$ODERNN_DATA``, else the user cache).
+        download: Download missing files (verified by SHA-256).
+        normalize: Standardise ``x`` and ``y`` with the mean and std of the training inputs (default False:
+            raw values, as in the reference protocol).
+
+    Returns:
+        A :class:`Walker2d` dataset; items ``{"x": (64, 17), "t": (64,), "dt": (64,), "y": (64, 17)}``.
+
+    Raises:
+        ValueError: Unknown split.
+        MissingDataError: Files missing and not downloadable.
+        ChecksumError: A file differs from the published one.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    folder = ensure_dataset("walker2d", root=root, download=download)
+    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).glob("*.npy")))
+    splits = _protocol(str(Path(folder).resolve()), stamp)
+    return Walker2d(splits[split], split, splits["train"], normalize=bool(normalize))
+
