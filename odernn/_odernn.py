@@ -217,10 +217,12 @@ class ODERNN(nn.Module):
                 a = active[:, i]
                 dt = torch.where(a, ti - t_last, torch.zeros((), dtype=x.dtype, device=x.device))
                 z = self._evolve(z, t_last, dt)
+            if record is not None:
+                if not z.requires_grad and torch.is_grad_enabled():
+                    z = z.detach().requires_grad_()  # e.g. the constant zero initial state: still differentiable
+                record.append(z)  # its gradient is what flows into the solve segment ending here (after clipping)
             if clip is not None:
                 z = clip_adjoint(z, clip)
-            if record is not None:
-                record.append(z)
             z_new = self.cell(cell_x[:, i], z)
             if active is None:
                 z = z_new

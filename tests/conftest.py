@@ -1,0 +1,16 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests read data from ODERNN_DATA; default to the shared data folder beside the checkout.
+_default = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "ODERNN_DATA" not in os.environ and _default.is_dir():
+    os.environ["ODERNN_DATA"] = str(_default)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
