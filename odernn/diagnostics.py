@@ -26,7 +26,7 @@ __all__ = ["adjoint_norms", "adjoint_spectrum", "AdjointSpectrum"]
 
 
 class _Recorder(list):
-    """The ``record`` list handed to ``ODERNN._encode``.
+    r"""The ``record`` list handed to ``ODERNN._encode``.
 
     A recorded state that does not take part in the autograd graph (the zero initial state when the first gap is
     empty, or any state when every parameter is frozen) is made a graph leaf the moment it is recorded, before the
