@@ -472,9 +472,9 @@ def _one_step(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch
     opt.zero_grad()
     loss.backward()
     opt.step()
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss.detach())
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
-    return float(loss)
+    return loss.item()
 
 
 @needs_data

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ._csv import read_columns
 from ._irregular import drop_stamps
 from ._root import ensure_dataset
 
@@ -54,11 +54,7 @@ def read_pv_csv(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         ValueError: If the header does not start with the expected five column names.
     """
-    frame = pd.read_csv(path, usecols=range(len(COLUMNS)), float_precision="round_trip")
-    names = tuple(str(c) for c in frame.columns)
-    if names != COLUMNS:
-        raise ValueError(f"{path}: expected columns {list(COLUMNS)}, got {list(names)}")
-    return frame.to_numpy(dtype=np.float64)
+    return read_columns(path, COLUMNS)
 
 
 @dataclass(frozen=True)

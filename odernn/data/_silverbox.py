@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ._csv import read_columns
 from ._root import ensure_dataset
 
 __all__ = ["Silverbox", "silverbox"]
@@ -28,11 +28,7 @@ SAMPLE_RATE_HZ = 1e7 / 2**14  # 610.3515625 Hz
 @lru_cache(maxsize=4)
 def _read(path: str, size: int, mtime_ns: int) -> np.ndarray:
     del size, mtime_ns
-    frame = pd.read_csv(path, usecols=range(len(COLUMNS)), float_precision="round_trip")
-    names = tuple(str(c) for c in frame.columns)
-    if names != COLUMNS:
-        raise ValueError(f"{path}: expected columns {list(COLUMNS)}, got {list(names)}")
-    return frame.to_numpy(dtype=np.float64)
+    return read_columns(path, COLUMNS)
 
 
 class Silverbox(Dataset):
