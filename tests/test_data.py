@@ -335,8 +335,8 @@ def test_offline_download_error_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_root, "_open_url", offline)
     with pytest.raises(D.MissingDataError, match=r"(?s)pv\.csv.*Downloading failed.*name resolution.*ODERNN_DATA"):
-        D.plane_vibration("train", root=tmp_path)
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+        D.plane_vibration("train", root=tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary file, not even the folders it made
     assert len(calls) == 2  # the mirror, then the benchmark archive
 
 
@@ -391,7 +391,7 @@ def test_download_with_wrong_checksum_writes_nothing(tmp_path):
     entry = D.DataFile("toy/good.csv", "0" * 64, (D.Source(_file_url(src)),))
     with pytest.raises(D.MissingDataError, match=r"(?s)good\.csv.*SHA-256 [0-9a-f]{64} != expected 0{64}"):
         D.ensure_dataset("toy", root=tmp_path / "root", files=[entry])
-    assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []
+    assert not (tmp_path / "root").exists()
 
 
 def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -422,7 +422,8 @@ def test_archive_members_and_transforms_are_extracted_and_verified(tmp_path, mon
     files = [
         D.DataFile("toy/rollout_000.npy", sha["a"], (D.Source(url, member="walker/rollout_000.npy"),)),
         D.DataFile("toy/rollout_001.npy", sha["b"], (D.Source(url, member="walker/rollout_001.npy"),)),
-        D.DataFile("toy/sb.csv", sha["c"], (D.Source(url, member="SNLS80mV.csv", transform="strip_trailing_newlines"),)),
+        D.DataFile("toy/sb.csv", sha["c"],
+                   (D.Source(url, member="SNLS80mV.csv", transform="strip_trailing_newlines"),)),
         D.DataFile("toy/raw/d", sha["d"], (D.Source(_file_url(gz), transform="gunzip"),)),
     ]
     opened = []
@@ -492,4 +493,5 @@ def test_plane_vibration_batch_trains_odernn_for_one_step(pv):
     torch.manual_seed(0)
     batch = next(iter(torch.utils.data.DataLoader(pv["train"], batch_size=4)))
     model = odernn.ODERNN("hbnode", 5, 8, 5, rtol=1e-3, atol=1e-4)
-    _one_step(model, batch["x"], batch["t"], batch["y"])
+    # the first 16 of the 64 stamps keep this test quick; the times are the loader's absolute sample indices
+    _one_step(model, batch["x"][:, :16], batch["t"][:, :16], batch["y"][:, :16])

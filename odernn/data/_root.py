@@ -455,10 +455,15 @@ def ensure_dataset(
         raise MissingDataError(_missing_message(name, folder, how, missing, reason, {}))
 
     errors: dict[str, list[str]] = {}
+    created: list[Path] = []
     try:
         for item in missing:
-            (base / item.path).parent.mkdir(parents=True, exist_ok=True)
+            parent = (base / item.path).parent
+            new_dirs = [d for d in (parent, *parent.parents) if not d.exists()]
+            parent.mkdir(parents=True, exist_ok=True)
+            created.extend(reversed(new_dirs))
     except OSError as exc:
+        _remove_empty(created)
         raise MissingDataError(
             _missing_message(name, folder, how, missing, f"Could not create the folder: {exc}.", {})
         ) from exc
@@ -473,6 +478,16 @@ def ensure_dataset(
     finally:
         fetcher.close()
     if still:
+        _remove_empty(created)
         reason = "Downloading failed (offline, or the sources changed)."
         raise MissingDataError(_missing_message(name, folder, how, still, reason, errors))
     return folder
+
+
+def _remove_empty(created: Sequence[Path]) -> None:
+    """Remove folders this call created, deepest first, if they stayed empty."""
+    for d in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
+        try:
+            d.rmdir()
+        except OSError:
+            pass

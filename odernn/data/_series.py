@@ -60,6 +60,8 @@ class TimeEncoder:
     Attributes:
         step_: The unit as a ``pd.Timedelta``.
         origin_: The origin as a ``pd.Timestamp`` (set by :meth:`fit`).
+        resolution_: Resolution of the fitted timestamps (``"ns"``, ``"us"``, ``"ms"`` or ``"s"``); timestamps
+            returned by :meth:`to_datetime` are rounded to it.
 
     Example:
         >>> enc = TimeEncoder("h").fit(pd.to_datetime(["2021-01-01 00:00", "2021-01-01 06:30"]))
@@ -72,12 +74,14 @@ class TimeEncoder:
         self.origin = origin
 
     def fit(self, times: Any) -> "TimeEncoder":
-        """Set ``origin_`` (the given origin, else the earliest of ``times``) and ``step_``; return ``self``."""
+        """Set ``origin_`` (the given origin, else the earliest of ``times``), ``step_`` and ``resolution_``;
+        return ``self``."""
         self.step_ = _as_step(self.unit)
+        idx = pd.DatetimeIndex(times)
+        self.resolution_ = str(getattr(idx, "unit", "ns")) if len(idx) else "ns"
         if self.origin is not None:
             self.origin_ = pd.Timestamp(self.origin)
         else:
-            idx = pd.DatetimeIndex(times)
             if len(idx) == 0 or idx.isna().all():
                 raise ValueError("cannot fit a TimeEncoder on no timestamps; pass origin= explicitly")
             self.origin_ = idx.min()
@@ -103,25 +107,32 @@ class TimeEncoder:
                 f"timestamps are {'naive' if idx.tz is None else 'timezone-aware'} but the origin "
                 f"{self.origin_} is not; make both naive or both aware (tz_localize / tz_convert)"
             )
-        delta = (idx - self.origin_).asi8.astype(np.float64)
+        delta = pd.TimedeltaIndex(idx - self.origin_).as_unit("ns").asi8.astype(np.float64)
         delta[np.asarray(idx.isna())] = np.nan
         return delta / float(self.step_.value)
 
     def to_datetime(self, values: Any) -> pd.DatetimeIndex:
-        """Floats in units since the origin back to timestamps (rounded to the nearest nanosecond).
+        """Floats in units since the origin back to timestamps.
+
+        The result is rounded to the resolution of the timestamps the encoder was fitted on (``resolution_``,
+        e.g. ``"us"``), which undoes the float rounding of :meth:`to_float`: ``to_datetime(to_float(ts))``
+        gives ``ts`` back.
 
         Args:
             values: Float times, any shape (flattened), numpy array or tensor.
 
         Returns:
-            ``pd.DatetimeIndex`` with the origin's timezone.
+            ``pd.DatetimeIndex`` with the origin's timezone, in unit ``resolution_``.
         """
         self._check_fitted()
         if isinstance(values, torch.Tensor):
             values = values.detach().cpu().double().numpy()
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
         ns = np.round(arr * float(self.step_.value))
-        return self.origin_ + pd.to_timedelta(ns, unit="ns")
+        out = pd.DatetimeIndex(self.origin_ + pd.to_timedelta(ns, unit="ns"))
+        if self.resolution_ != "ns":
+            out = out.round(pd.Timedelta(1, unit=self.resolution_)).as_unit(self.resolution_)
+        return out
 
     def __repr__(self) -> str:
         origin = getattr(self, "origin_", self.origin)
@@ -194,7 +205,8 @@ def _numeric_block(frame: pd.DataFrame, where: str) -> np.ndarray:
     if bad:
         raise TypeError(
             f"{where}: value column(s) {', '.join(bad)} are not numeric; convert them "
-            "(e.g. df[col] = pd.to_numeric(df[col], errors='coerce')) or select numeric columns with columns=/value_cols="
+            "(e.g. df[col] = pd.to_numeric(df[col], errors='coerce')) or select numeric columns with "
+            "columns=/value_cols="
         )
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -344,7 +356,7 @@ class IrregularSeriesDataset(Dataset):
                     "the frame has a DatetimeIndex, so time_unit= is required to turn timestamps into floats; "
                     "pass e.g. time_unit='s', 'min', 'h' or 'D'"
                 )
-            encoder = TimeEncoder(time_unit, origin).fit(index[~index.isna()] if origin is None else [])
+            encoder = TimeEncoder(time_unit, origin).fit(index[~index.isna()])
             times = encoder.to_float(index)
         elif pd.api.types.is_numeric_dtype(index.dtype) and not pd.api.types.is_bool_dtype(index.dtype):
             if time_unit is not None or origin is not None:
@@ -424,7 +436,7 @@ class IrregularSeriesDataset(Dataset):
                     f"time_col={time_col!r} holds datetimes, so time_unit= is required; pass e.g. time_unit='s', "
                     "'min', 'h' or 'D'"
                 )
-            encoder = TimeEncoder(time_unit, origin).fit(tcol.dropna() if origin is None else [])
+            encoder = TimeEncoder(time_unit, origin).fit(tcol.dropna())
             times_all = encoder.to_float(tcol)
         elif pd.api.types.is_numeric_dtype(tcol.dtype) and not pd.api.types.is_bool_dtype(tcol.dtype):
             if time_unit is not None or origin is not None:
@@ -528,7 +540,7 @@ class IrregularSeriesDataset(Dataset):
         if kinds == {"datetime"}:
             if time_unit is None:
                 raise ValueError("times are datetimes, so time_unit= is required; pass e.g. time_unit='s' or 'h'")
-            encoder = TimeEncoder(time_unit, origin).fit(np.concatenate(raw_times) if origin is None else [])
+            encoder = TimeEncoder(time_unit, origin).fit(np.concatenate(raw_times))
             times = [encoder.to_float(t) for t in raw_times]
         else:
             if time_unit is not None or origin is not None:
