@@ -364,9 +364,10 @@ class _Fetcher:
                     else:
                         with zipfile.ZipFile(raw) as archive:
                             info = _zip_member(archive, src.member)
-                            member_tmp = Path(tempfile.mkstemp(suffix=".part", dir=self.tmpdir)[1])
+                            member_fd, member_name = tempfile.mkstemp(suffix=".part", dir=self.tmpdir)
+                            member_tmp = Path(member_name)
                             try:
-                                with archive.open(info) as zf, open(member_tmp, "wb") as mf:
+                                with archive.open(info) as zf, os.fdopen(member_fd, "wb") as mf:
                                     shutil.copyfileobj(zf, mf, _CHUNK)
                                 _transform(member_tmp, src.transform, out)
                             finally:
@@ -382,6 +383,10 @@ class _Fetcher:
             finally:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)
+                if src.member is None:  # a plain file is used once; only archives are kept for other members
+                    raw_path = self.archives.pop(src.url, None)
+                    if raw_path is not None:
+                        raw_path.unlink(missing_ok=True)
         if not item.sources:
             errors.append("no public source reproduces this file's bytes (see its dataset card)")
         return errors
