@@ -109,11 +109,17 @@ class SolverConfig:
                 opts.setdefault("step_size", self.step_size)
         return opts
 
-    def odeint_kwargs(self) -> dict:
-        """Keyword arguments for ``torchdiffeq.odeint`` / ``odeint_adjoint`` (fresh dicts: torchdiffeq mutates them)."""
-        kw: dict = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=dict(self._solver_options))
+    def odeint_kwargs(self, first_step: Optional[float] = None) -> dict:
+        """Keyword arguments for ``torchdiffeq.odeint`` / ``odeint_adjoint`` (fresh dicts: torchdiffeq mutates them).
+
+        ``first_step`` (adaptive methods only) replaces torchdiffeq's initial-step heuristic in the forward and the
+        adjoint solve."""
+        opts = dict(self._solver_options)
+        if first_step is not None and self.method in ADAPTIVE_METHODS:
+            opts["first_step"] = first_step
+        kw: dict = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=opts)
         if self.adjoint:
-            adj = dict(self._solver_options)
+            adj = dict(opts)
             if self.method in ADAPTIVE_METHODS:
                 if self.seminorm:
                     adj["norm"] = "seminorm"  # torchdiffeq wraps the forward norm and drops the parameter channels
@@ -132,7 +138,7 @@ class _Field(nn.Module):
     """
 
     def __init__(self, dynamics: Dynamics, adjoint: bool, max_evals: int,
-                 t0: Optional[Tensor] = None, dt: Optional[Tensor] = None) -> None:
+                 t0: Optional[Tensor] = None, dt: Optional[Tensor] = None, adaptive: bool = False) -> None:
         super().__init__()
         self.dynamics = dynamics
         self.adjoint = adjoint
@@ -142,6 +148,13 @@ class _Field(nn.Module):
         self.t0 = t0
         self.dt = dt
         self.scale: Optional[Tensor] = None
+        self.last_step: Optional[Tensor] = None
+        if adaptive:
+            # torchdiffeq calls this after each accepted forward step; fixed-grid solvers would warn about it
+            self.callback_accept_step = self._accept
+
+    def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.last_step = dt
 
     def set_scale(self, z_dim: int) -> None:
         if self.dt is not None:
@@ -181,8 +194,8 @@ def _count_backward(counters: tuple, grad: Tensor) -> None:
         c.backward += 1
 
 
-def _run(field: _Field, z0: Tensor, s: Tensor, cfg: SolverConfig) -> Tensor:
-    kw = cfg.odeint_kwargs()
+def _run(field: _Field, z0: Tensor, s: Tensor, cfg: SolverConfig, first_step: Optional[float] = None) -> Tensor:
+    kw = cfg.odeint_kwargs(first_step)
     try:
         if cfg.adjoint:
             params = [p for p in field.dynamics.parameters() if p.requires_grad]
@@ -311,7 +324,8 @@ def _unit_interval(dtype: torch.dtype, device: torch.device) -> Tensor:
     return s
 
 
-def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: SolverConfig) -> Tensor:
+def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: SolverConfig,
+               first_step: Optional[float] = None) -> tuple[Tensor, Optional[float]]:
     """Move each sample ``b`` from time ``t0[b]`` to ``t0[b] + dt[b]`` in one batched, time-rescaled solve.
 
     Inputs are assumed validated by the caller (the hot path of :class:`odernn.ODERNN`).
@@ -322,10 +336,22 @@ def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: Solv
         t0: (batch,) start times.
         dt: (batch,) non-negative gaps; 0 leaves the sample unchanged.
         cfg: solver settings.
+        first_step: initial step in real time units (e.g. the last accepted step of the previous gap), used by
+            adaptive methods instead of the initial-step heuristic; ``None`` for the heuristic.
 
     Returns:
-        (batch, state, ...) states at ``t0 + dt``.
+        ``(z1, last_step)``: (batch, state, ...) states at ``t0 + dt``, and the last accepted step in real time units
+        (``None`` for fixed-grid methods), to warm-start the next solve.
     """
-    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt)
+    adaptive = cfg.method in ADAPTIVE_METHODS
+    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt, adaptive=adaptive)
     field.set_scale(z0.dim())
-    return _run(field, z0, _unit_interval(z0.dtype, z0.device), cfg)[-1]
+    span = None
+    s_first = None
+    if adaptive:
+        span = float(dt.max())
+        if first_step is not None:
+            s_first = min(1.0, first_step / span)
+    z1 = _run(field, z0, _unit_interval(z0.dtype, z0.device), cfg, s_first)[-1]
+    last = None if field.last_step is None or span is None else float(field.last_step) * span
+    return z1, last

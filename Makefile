@@ -1,0 +1,34 @@
+# odernn: `make demo` runs the quick-start demo, `make test` runs the test suite.
+# Both create a local virtual environment (.venv) on first use and install what they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch and torchvision builds that go together; override e.g. TORCH_SPEC="torch torchvision" elsewhere.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+ODERNN_DATA ?= $(abspath ../shared/data)
+export ODERNN_DATA
+
+.PHONY: demo test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev,vision,cde]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m recipes.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.overhead
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
