@@ -1,0 +1,410 @@
+"""Two-dimensional point-cloud separation (paper Sec. 5.1, Fig. 4, Appendix E.2).
+
+120 points in the plane: 40 drawn uniformly from the disc ``||r|| < 0.5`` (label -1) and 80 from the annulus
+``0.85 < ||r|| < 1`` (label +1). Each model moves the points with a continuous-depth layer over t in [0, 1] and a
+dense layer with tanh reads the class from the final position; the loss is the mean squared error to the labels
+(as in the augmented-NODE experiments the paper follows). NODE cannot separate the two clouds (its flow is a
+homeomorphism of the plane); the paper reports that HBNODE and GHBNODE drive the training loss to zero with fewer
+NFEs while ANODE and SONODE often get stuck.
+
+Models (Appendix E.2, Table 3 sizes; parameter counts 525 / 567 / 527 / 568 / 569 against the paper's
+525 / 567 / 528 / 568 / 568):
+
+* ODE field ``n* -> fc_h -> ELU -> fc_h -> ELU -> fc_n`` (``n* = 2n`` for SONODE, ``n + 1`` for ANODE whose field
+  also returns its augmented dimension);
+* SONODE, HBNODE, GHBNODE: initial velocity ``2 -> fc_h -> HardTanh(-5, 5) -> fc_h -> HardTanh -> fc_n``;
+* output ``n -> fc_1 -> tanh`` on the position (ANODE: on all 3 dimensions).
+
+Each of ``--runs`` independent runs draws its own data and initial weights (seed ``--seed + run``) and trains with
+Adam (lr 0.01, batch 50; Table 1) at tolerance 1e-7 for ``--epochs`` epochs. Files, per model:
+
+* ``DIR/<model>/run_NNN/``: ``metrics.csv``, ``summary.json``, ``checkpoint.pt`` of each run (``--resume``
+  continues unfinished runs and skips finished ones);
+* ``DIR/<model>/runs.csv``: one row per run: final training loss and accuracy of the trained model on its 120
+  points, test accuracy on 120 fresh points, whether it separated the clouds (training accuracy 100%), NFEs;
+* ``DIR/<model>/metrics.csv``: per epoch, the mean over runs (``*_std``: standard deviation);
+* ``DIR/<model>/summary.json``: model, num_params, forward/backward NFE, final metrics, separation rate, config.
+
+With ``--model all``: ``DIR/comparison.md``/``.png`` (per-epoch means), ``DIR/point_cloud_runs.md`` (the per-run
+aggregate table), ``DIR/point_cloud_distributions.png`` (training loss and NFE distributions over runs, Fig. 4) and
+``DIR/point_cloud_evolution.png`` (how run 0 of each model moves the points).
+
+Usage::
+
+    python -m recipes.point_cloud --runs 100 --epochs 40 --out runs/point_cloud
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
+
+import odernn
+
+from . import _common
+from ._vision import pyplot, save_figure
+
+__all__ = ["MODELS", "SIZES", "PAPER_PARAMS", "nested_circles", "PointCloudModel", "build_model", "main"]
+
+MODELS = ("node", "anode", "sonode", "hbnode", "ghbnode")
+#: Table 3, point cloud: (n, h); ANODE's n = 3 counts its augmented dimension.
+SIZES = {"node": (2, 20), "anode": (3, 20), "sonode": (2, 13), "hbnode": (2, 14), "ghbnode": (2, 14)}
+PAPER_PARAMS = {"node": 525, "anode": 567, "sonode": 528, "hbnode": 568, "ghbnode": 568}
+
+
+def nested_circles(n_inner: int = 40, n_outer: int = 80, *, seed: int = 0, inner_radius: float = 0.5,
+                   outer_radii: tuple[float, float] = (0.85, 1.0)) -> tuple[Tensor, Tensor]:
+    """Points drawn uniformly (by area) from a disc and from an annulus around it.
+
+    Args:
+        n_inner, n_outer: points in the disc ``||r|| < inner_radius`` and in the annulus ``outer_radii``.
+        seed: seed of a private generator (the global random state is untouched).
+
+    Returns:
+        ``(x, y)``: positions (n_inner + n_outer, 2) float32 and labels (N,) float32, -1 for the disc and +1 for
+        the annulus (disc points first).
+    """
+    if not (0 < inner_radius < outer_radii[0] < outer_radii[1]):
+        raise ValueError(f"need 0 < inner_radius < outer_radii[0] < outer_radii[1], got {inner_radius}, "
+                         f"{outer_radii}")
+    g = torch.Generator().manual_seed(seed)
+
+    def ring(n: int, r0: float, r1: float) -> Tensor:
+        r = torch.sqrt(r0 ** 2 + (r1 ** 2 - r0 ** 2) * torch.rand(n, generator=g, dtype=torch.float64))
+        theta = 2 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+        return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1)
+
+    x = torch.cat([ring(n_inner, 0.0, inner_radius), ring(n_outer, *outer_radii)]).float()
+    y = torch.cat([-torch.ones(n_inner), torch.ones(n_outer)])
+    return x, y
+
+
+def _mlp(i: int, o: int, h: int, act) -> nn.Module:
+    return odernn.MLP(i, o, (h, h), activation=act)
+
+
+class PointCloudModel(nn.Module):
+    """Continuous-depth classifier of 2-D points (Appendix E.2).
+
+    Args:
+        model: ``"node" | "anode" | "sonode" | "hbnode" | "ghbnode"``.
+        n, h: state size and hidden width (Table 3).
+        rtol, atol, adjoint, max_steps: dopri5 settings of the ODE layer.
+
+    Shapes:
+        ``forward(x)``: (batch, 2) -> (batch,) in [-1, 1]. ``trajectory(x, t)``: (batch, 2), (T,) ->
+        (batch, T, n) positions.
+    """
+
+    def __init__(self, model: str, n: int, h: int, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: bool = True,
+                 max_steps: int = 10_000) -> None:
+        super().__init__()
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+        self.model = model
+        htanh = functools.partial(nn.Hardtanh, -5.0, 5.0)
+        if model == "node":
+            if n != 2:
+                raise ValueError(f"NODE moves the 2-D points themselves: n must be 2, got {n}")
+            dyn, self.initial = odernn.NODE(_mlp(n, n, h, nn.ELU)), None
+        elif model == "anode":
+            if n <= 2:
+                raise ValueError(f"ANODE's n counts the augmented dimensions and must exceed 2, got {n}")
+            dyn, self.initial = odernn.ANODE(_mlp(n, n, h, nn.ELU), n - 2), None
+        else:
+            if n != 2:
+                raise ValueError(f"{model} moves the 2-D points with a velocity: n must be 2, got {n}")
+            self.initial = _mlp(2, n, h, htanh)
+            f_in = 2 * n if model == "sonode" else n
+            cls = {"sonode": odernn.SONODE, "hbnode": odernn.HBNODE, "ghbnode": odernn.GHBNODE}[model]
+            dyn = cls(_mlp(f_in, n, h, nn.ELU))
+        self.block = odernn.ODEBlock(dyn, t0=0.0, t1=1.0, method="dopri5", rtol=rtol, atol=atol, adjoint=adjoint,
+                                     max_steps=max_steps)
+        self.readout = nn.Linear(n, 1)
+
+    @property
+    def dynamics(self) -> odernn.Dynamics:
+        return self.block.dynamics
+
+    def initial_state(self, x: Tensor) -> Tensor:
+        """(batch, 2) points -> (batch, state)."""
+        if x.dim() != 2 or x.shape[1] != 2:
+            raise ValueError(f"expected points of shape (batch, 2), got {tuple(x.shape)}")
+        if self.initial is None:
+            return self.dynamics.initial_state(x)
+        return self.dynamics.initial_state(x, self.initial(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h1 = self.dynamics.hidden(self.block(self.initial_state(x)))
+        return torch.tanh(self.readout(h1)).squeeze(-1)
+
+    @torch.no_grad()
+    def trajectory(self, x: Tensor, t: Tensor) -> Tensor:
+        """Positions of the points along the flow at times ``t`` (T,) in [0, 1]: (batch, T, n)."""
+        cfg = self.block.solver
+        z = odernn.odesolve(self.dynamics, self.initial_state(x), t.to(x), method=cfg.method, rtol=cfg.rtol,
+                            atol=cfg.atol, adjoint=False, max_steps=cfg.max_steps)
+        b, T = z.shape[:2]
+        return self.dynamics.hidden(z.reshape(b * T, -1)).reshape(b, T, -1)
+
+
+def build_model(model: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: bool = True) -> PointCloudModel:
+    """The Table 3 point-cloud model ``model``."""
+    n, h = SIZES[model]
+    return PointCloudModel(model, n, h, rtol=rtol, atol=atol, adjoint=adjoint)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training with the shared machinery
+# ------------------------------------------------------------------------------------------------------------------
+
+def _loss(model: nn.Module, batch) -> dict:
+    x, y = batch
+    pred = model(x)
+    return {"loss": (pred - y).pow(2).mean(), "accuracy": (torch.sign(pred) == y).float().mean()}
+
+
+def _datasets(seed: int) -> dict[str, Dataset]:
+    x, y = nested_circles(seed=seed)
+    xt, yt = nested_circles(seed=seed + 1_000_003)
+    return {"train": TensorDataset(x, y), "valid": TensorDataset(x[:0], y[:0]), "test": TensorDataset(xt, yt)}
+
+
+def _run_spec(model: str, run: int) -> _common.RecipeSpec:
+    def build(_name: str, args: argparse.Namespace) -> nn.Module:
+        return build_model(model, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint)
+
+    def describe(_name: str, args: argparse.Namespace) -> dict:
+        n, h = SIZES[model]
+        return {"model": model, "run": run, "n": n, "h": h, "paper_num_params": PAPER_PARAMS[model],
+                "data": f"nested_circles(seed={args.seed})", "test_data": f"nested_circles(seed={args.seed}+1000003)",
+                "loss": "MSE of tanh output to labels -1 (disc) / +1 (annulus)"}
+
+    return _common.RecipeSpec(name=f"point_cloud/{model}", models=(f"run_{run:03d}",), build_model=build,
+                              datasets=lambda a: _datasets(a.seed), train_loss=_loss, eval_loss=_loss,
+                              describe=describe)
+
+
+@torch.no_grad()
+def _final_eval(model: PointCloudModel, x: Tensor, y: Tensor) -> tuple[float, float]:
+    model.eval()
+    pred = model(x)
+    return float((pred - y).pow(2).mean()), float((torch.sign(pred) == y).float().mean())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
+
+
+def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: _common.DistContext) -> dict:
+    """Train ``args.runs`` independent runs of ``model``; write its per-run and aggregate files."""
+    folder = out / model
+    run_rows, epoch_rows = [], {}
+    for run in range(args.runs):
+        run_args = argparse.Namespace(**{**vars(args), "seed": args.seed + run, "model": model})
+        spec = _run_spec(model, run)
+        data = spec.datasets(run_args)
+        name = f"run_{run:03d}"
+        try:
+            _common.fit_model(spec, name, run_args, data, folder, ctx)
+        except (odernn.SolverError, RuntimeError) as e:  # a blown-up run is a result, not a crash
+            print(f"[point_cloud/{model}] run {run} failed: {e}", flush=True)
+            run_rows.append({"run": run, "seed": run_args.seed, "failed": 1, "error": str(e)[:200]})
+            continue
+        metrics = _common.read_csv(folder / name / "metrics.csv")
+        for r in metrics:
+            epoch_rows.setdefault(r["epoch"], []).append(r)
+        net = build_model(model, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(ctx.device)
+        _common.load_checkpoint(folder / name / _common.CHECKPOINT_NAME, model=net, restore_rng=False)
+        x, y = (tensor.to(ctx.device) for tensor in data["train"].tensors)
+        loss, acc = _final_eval(net, x, y)
+        last = metrics[-1]
+        run_rows.append({
+            "run": run, "seed": run_args.seed, "failed": 0, "epochs": last["epoch"],
+            "final_train_loss": loss, "final_train_accuracy": acc, "separated": int(acc == 1.0),
+            "last_epoch_train_loss": last["train_loss"], "test_loss": last["test_loss"],
+            "test_accuracy": last.get("test_accuracy"),
+            "forward_nfe": _mean_std([r["forward_nfe"] for r in metrics])[0],
+            "backward_nfe": _mean_std([r["backward_nfe"] for r in metrics])[0],
+            "last_epoch_forward_nfe": last["forward_nfe"], "last_epoch_backward_nfe": last["backward_nfe"],
+            "seconds": sum(r["seconds"] for r in metrics),
+        })
+    if not ctx.is_main:
+        return {}
+    _common.atomic_write_csv(run_rows, folder / "runs.csv")
+    agg_rows = []
+    for epoch in sorted(epoch_rows):
+        rows = epoch_rows[epoch]
+        row = {"epoch": epoch}
+        for key in ("train_loss", "valid_loss", "test_loss", "forward_nfe", "backward_nfe", "valid_nfe", "test_nfe",
+                    "seconds", "eval_seconds", "train_accuracy", "test_accuracy"):
+            m, s = _mean_std([r.get(key) for r in rows])
+            row[key] = m
+            if key in ("train_loss", "forward_nfe", "backward_nfe", "train_accuracy", "test_accuracy"):
+                row[key + "_std"] = s
+        row["runs"] = len(rows)
+        agg_rows.append(row)
+    if agg_rows:
+        writer = _common.MetricsWriter(folder)
+        writer.rows = agg_rows
+        writer.flush()
+    ok = [r for r in run_rows if not r["failed"]]
+    final = {"runs": args.runs, "failed_runs": len(run_rows) - len(ok),
+             "separated_runs": sum(r["separated"] for r in ok),
+             "separation_rate": (sum(r["separated"] for r in ok) / len(run_rows)) if run_rows else float("nan")}
+    for key in ("forward_nfe", "backward_nfe", "final_train_loss", "final_train_accuracy", "test_accuracy",
+                "seconds"):
+        final[key], final[key + "_std"] = _mean_std([r.get(key) for r in ok])
+    final["final_train_loss_median"] = _median([r["final_train_loss"] for r in ok])
+    num_params = _common.count_parameters(build_model(model))
+    config = {k: v for k, v in vars(args).items()}
+    config.update(model=model, recipe="point_cloud", n=SIZES[model][0], h=SIZES[model][1],
+                  paper_num_params=PAPER_PARAMS[model], device=str(ctx.device))
+    _common.write_summary(folder, model=model, num_params=num_params, final=final, config=config)
+    return {"model": model, "num_params": num_params, **final, "rows": run_rows}
+
+
+def _median(values: list[float]) -> float:
+    vals = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not vals:
+        return float("nan")
+    k = len(vals) // 2
+    return vals[k] if len(vals) % 2 else 0.5 * (vals[k - 1] + vals[k])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Reports and figures
+# ------------------------------------------------------------------------------------------------------------------
+
+_LABELS = {"node": "NODE", "anode": "ANODE", "sonode": "SONODE", "hbnode": "HBNODE", "ghbnode": "GHBNODE"}
+
+
+def write_runs_table(out: Path, results: dict) -> Path:
+    lines = ["# Point-cloud separation over independent runs (paper Sec. 5.1, Fig. 4)", "",
+             "Means ± standard deviations over runs. NFEs are per training batch, averaged over the epochs of a run; "
+             "final loss/accuracy are those of the trained model on its 120 training points; separated = training "
+             "accuracy 100%.", "",
+             "| model | params (paper) | runs | separated | final train loss (median) | train acc | test acc | "
+             "forward NFE | backward NFE | s/run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m, s in results.items():
+        lines.append(
+            f"| {m} | {s['num_params']} ({PAPER_PARAMS[m]}) | {s['runs']} | {s['separated_runs']}/{s['runs']} | "
+            f"{s['final_train_loss']:.3g} ± {s['final_train_loss_std']:.2g} ({s['final_train_loss_median']:.3g}) | "
+            f"{s['final_train_accuracy']:.3f} | {s['test_accuracy']:.3f} | "
+            f"{s['forward_nfe']:.1f} ± {s['forward_nfe_std']:.1f} | {s['backward_nfe']:.1f} ± "
+            f"{s['backward_nfe_std']:.1f} | {s['seconds']:.1f} |")
+    return _common.atomic_write_text("\n".join(lines) + "\n", out / "point_cloud_runs.md")
+
+
+def plot_distributions(out: Path, results: dict) -> Path:
+    """Box plots over runs of the final training loss and of the forward/backward NFE, one box per model."""
+    plt = pyplot()
+    models = [m for m in results if any(not r.get("failed") for r in results[m]["rows"])]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels = [("final_train_loss", "final training loss", True), ("forward_nfe", "forward NFE / batch", False),
+              ("backward_nfe", "backward NFE / batch", False)]
+    for ax, (key, label, logy) in zip(axes, panels):
+        data = [[r[key] for r in results[m]["rows"] if not r.get("failed")] for m in models]
+        ax.boxplot(data, showfliers=True)
+        ax.set_xticks(range(1, len(models) + 1), [_LABELS[m] for m in models])
+        for i, d in enumerate(data, start=1):
+            ax.scatter([i + 0.08 * (j % 5 - 2) for j in range(len(d))], d, s=8, alpha=0.5, color="tab:gray")
+        ax.set_ylabel(label)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    runs = max(results[m]["runs"] for m in models) if models else 0
+    fig.suptitle(f"Point cloud: distributions over {runs} independent runs (paper Fig. 4)")
+    fig.tight_layout()
+    return save_figure(fig, out / "point_cloud_distributions.png")
+
+
+def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, device: torch.device,
+                   times: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> Optional[Path]:
+    """How the trained model of run 0 moves its training points: one row per model, one column per time."""
+    plt = pyplot()
+    avail = [m for m in models if (out / m / "run_000" / _common.CHECKPOINT_NAME).exists()]
+    if not avail:
+        return None
+    fig, axes = plt.subplots(len(avail), len(times), figsize=(2.6 * len(times), 2.6 * len(avail)), squeeze=False)
+    x, y = nested_circles(seed=args.seed)
+    x = x.to(device)
+    t = torch.tensor(times, dtype=torch.float32)
+    for i, m in enumerate(avail):
+        net = build_model(m, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(device)
+        _common.load_checkpoint(out / m / "run_000" / _common.CHECKPOINT_NAME, model=net, restore_rng=False)
+        net.eval()
+        traj = net.trajectory(x, t).cpu()  # (B, T, n)
+        w = net.readout.weight.detach().cpu()[0]
+        for j, tj in enumerate(times):
+            ax = axes[i, j]
+            p = traj[:, j]
+            # first two coordinates; for ANODE the third (augmented) one is not shown
+            ax.scatter(p[:, 0], p[:, 1], c=["tab:blue" if v < 0 else "tab:orange" for v in y.tolist()], s=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"t = {tj:g}")
+            if j == 0:
+                ax.set_ylabel(_LABELS[m])
+            if j == len(times) - 1 and p.shape[1] == 2:  # decision line of the readout w.x + b = 0
+                b = float(net.readout.bias.detach().cpu()[0])
+                xs = torch.linspace(float(p[:, 0].min()), float(p[:, 0].max()), 2)
+                if abs(float(w[1])) > 1e-8:
+                    ax.plot(xs, -(w[0] * xs + b) / w[1], "k--", lw=1)
+                    ax.set_ylim(float(p[:, 1].min()) - 0.1, float(p[:, 1].max()) + 0.1)
+    fig.suptitle("Learned evolution of the point cloud (run 0; blue: disc, orange: annulus; dashed: readout "
+                 "boundary)")
+    fig.tight_layout()
+    return save_figure(fig, out / "point_cloud_evolution.png")
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = _common.base_parser(
+        "Point-cloud separation (paper Sec. 5.1): NODE, ANODE, SONODE, HBNODE and GHBNODE over independent runs",
+        models=MODELS, prog="python -m recipes.point_cloud",
+        defaults={"batch_size": 50, "lr": 0.01, "epochs": 40, "rtol": 1e-7, "atol": 1e-7,
+                  "out": "runs/point_cloud"})
+    parser.add_argument("--runs", type=int, default=100, help="independent runs per model (paper: 100)")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = _common.init_distributed(args.device)
+    if ctx.enabled:
+        raise SystemExit("the point-cloud recipe trains 120 points per run: run it without torchrun")
+    out = Path(args.out)
+    models = _common.expand_models(args.model, MODELS)
+    results = {}
+    for m in models:
+        res = train_model_runs(m, args, out, ctx)
+        results[m] = res
+        print(f"[point_cloud/{m}] separated {res['separated_runs']}/{res['runs']} runs; final training loss "
+              f"{res['final_train_loss']:.4g} (median {res['final_train_loss_median']:.4g}); NFE forward "
+              f"{res['forward_nfe']:.1f} backward {res['backward_nfe']:.1f}", flush=True)
+    write_runs_table(out, results)
+    plot_distributions(out, results)
+    plot_evolution(out, models, args, ctx.device)
+    if args.model == "all":
+        _common.compare_models(out, models, title="point_cloud (means over runs)")
+    print(f"wrote {out}/point_cloud_runs.md, point_cloud_distributions.png, point_cloud_evolution.png"
+          + (", comparison.md/png" if args.model == "all" else ""))
+    return results
+
+
+if __name__ == "__main__":
+    main()
