@@ -1,0 +1,224 @@
+r"""Adjoint norms over the observations of Walker2D ODE-RNNs: do gradients vanish over long gaps? (paper Fig. 3)
+
+Each model (the Walker2D hybrids of Table 4, built by :func:`recipes.walker2d.build_model`) is trained briefly
+(``--epochs``, ``--max-batches``, Adam, per-time-step MSE, as :mod:`recipes.walker2d`), then
+:func:`odernn.diagnostics.adjoint_norms` measures, over the first ``--norm-batches`` test batches, the batch mean of
+:math:`\|\partial L / \partial z_i^-\|_2` at every observation ``i`` of the 64-step windows, with ``L`` the MSE of the
+*last* step's prediction (the paper's setting) and ``z_i^-`` the whole ODE state arriving at observation ``i``
+(``h`` for ODE-RNN, ``[h, m]`` for (G)HBNODE-RNN). The paper's claim (Sec. 4): ODE-RNN's adjoint vanishes quickly as
+``T - t`` grows, (G)HBNODE-RNN's does not.
+
+Writes, in ``--out`` (default ``runs/adjoint_norms``):
+
+- ``adjoint_norms.csv``: columns ``model, step, norm`` (``step`` = observation index ``i``, 0 ... 63; ``T - t``
+  in the figure is ``63 - i``, observations before the last one);
+- ``adjoint_norms.png``: :math:`\log_{10}` norm against ``T - t``, one line per model (like Fig. 3);
+- ``summary.json``: per model the decay ``norm[first] / norm[last]``, the training loss and NFEs, the parameter
+  count, and the configuration.
+
+The trained model is measured on a float64 copy (``--norm-dtype``): ODE-RNN's adjoint falls below float32's range
+within a window, where float32 backpropagation carries exact zeros.
+
+Usage::
+
+    python -m recipes.adjoint_norms --models node,hbnode,ghbnode --epochs 1 --max-batches 20 --out runs/adj
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+import odernn
+from odernn.diagnostics import adjoint_norms
+
+from . import _common as common
+from . import walker2d
+
+__all__ = ["DEFAULT_MODELS", "make_parser", "parse_models", "core_inputs", "measure", "plot", "run", "main"]
+
+#: The models of the paper's Fig. 3.
+DEFAULT_MODELS = ("node", "hbnode", "ghbnode")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The Walker2D recipe's flags (``--out``, ``--seed``, ``--device``, solver, ``--time-scale``, ...) with defaults
+    for a short run, plus ``--models`` and ``--norm-batches``."""
+    p = walker2d.make_parser()
+    p.prog = "python -m recipes.adjoint_norms"
+    p.description = ("Train Walker2D ODE-RNN hybrids briefly and plot the l2 norm of the adjoint state at every "
+                     "observation against T - t (HBNODE paper Fig. 3).")
+    p.set_defaults(epochs=1, max_batches=20, rtol=1e-3, atol=1e-4, out="runs/adjoint_norms", model=None)
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated models to compare (default {','.join(DEFAULT_MODELS)}; 'all' = "
+                        f"{','.join(walker2d.PAPER_MODELS)}); --model NAME is the same as --models NAME")
+    p.add_argument("--norm-dtype", choices=("float32", "float64"), default="float64",
+                   help="dtype of the copy of each trained model on which the norms are measured (float32 "
+                        "underflows to 0 below about 1e-38)")
+    p.add_argument("--norm-batches", type=int, default=1,
+                   help="test batches (of --eval-batch-size windows) over which the norms are averaged")
+    return p
+
+
+def parse_models(args: argparse.Namespace) -> list[str]:
+    """The model names asked for by ``--models`` (or ``--model``), validated; ODE-RNN hybrids only."""
+    spec = args.models if args.models is not None else args.model
+    if spec is None:
+        return list(DEFAULT_MODELS)
+    names = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(walker2d.PAPER_MODELS)
+    bad = [n for n in names if n not in walker2d.PAPER_MODELS]
+    if not names or bad:
+        raise ValueError(f"--models must be a comma-separated list of {list(walker2d.PAPER_MODELS)} (ODE-RNN hybrids "
+                         f"have an ODE state whose adjoint can be measured) or 'all', got {spec!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--models lists a model twice: {spec!r}")
+    return names
+
+
+def core_inputs(model: walker2d.StepPredictor, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``(x, t, t0)`` that :class:`recipes.walker2d.StepPredictor` hands its ODE-RNN for ``batch``.
+
+    :func:`measure` checks once per batch that the ODE-RNN given these inputs reproduces the predictor's output, so
+    a change in the predictor cannot silently make the measured graph differ from the trained one.
+    """
+    x, t, dt = batch["x"], batch["t"], batch["dt"]
+    t_rel = (t - (t[:, :1] - dt[:, :1])) * model.time_scale  # (B, T); the kept step before the window is at 0
+    return x, t_rel, t_rel.new_zeros(t_rel.shape[0])
+
+
+def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Sample-weighted mean over ``batches`` of :func:`odernn.diagnostics.adjoint_norms` (default loss: MSE of the
+    last step), measured on a copy of the ODE-RNN in ``dtype``. Returns (T,).
+
+    float64 (the default) resolves norms far below float32's smallest normal number (about 1e-38): ODE-RNN's adjoint
+    can fall below it within a 64-step window, where a float32 backward pass carries exact zeros.
+    """
+    if not isinstance(model.core, odernn.ODERNN):
+        raise TypeError(f"adjoint norms need an ODE-RNN, got {type(model.core).__name__}")
+    core = copy.deepcopy(model.core).to(dtype)
+    total: Optional[Tensor] = None
+    count = 0
+    for batch in batches:
+        x, t, t0 = core_inputs(model, batch)
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            ref = model(batch)
+            model.train(was)
+            mine = model.core(x, t, t0=t0)
+        if not torch.allclose(ref, mine, rtol=1e-5, atol=1e-6):
+            raise RuntimeError("recipes.walker2d.StepPredictor no longer feeds its ODE-RNN the inputs that "
+                               "core_inputs() reproduces; update core_inputs()")
+        norms = adjoint_norms(core, x.to(dtype), t.to(dtype), batch["y"].to(dtype), t0=t0.to(dtype)) * x.shape[0]
+        total = norms if total is None else total + norms
+        count += x.shape[0]
+    if total is None:
+        raise ValueError("no test batches to measure")
+    return total / count
+
+
+def plot(curves: dict[str, Tensor], path: Path, *, title: str) -> Path:
+    """Write the Fig. 3-like figure: log10 of each model's norms against ``T - t`` (observations before the last)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"node": "ODE-RNN", "anode": "ANODE-RNN", "sonode": "SONODE-RNN", "hbnode": "HBNODE-RNN",
+              "ghbnode": "GHBNODE-RNN"}
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for name, norms in curves.items():
+        T = norms.shape[0]
+        gap = torch.arange(T - 1, -1, -1)
+        ax.plot(gap.numpy(), torch.log10(norms.clamp_min(1e-300)).numpy(), label=labels.get(name, name))
+    ax.set_xlabel("T - t (observations before the last)")
+    ax.set_ylabel(r"$\log_{10} \|\partial L / \partial z_t\|_2$")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return common.atomic_write_bytes(buf.getvalue(), path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Train each model briefly, measure its adjoint norms, write CSV, figure and summary. Returns the summary."""
+    names = parse_models(args)
+    if args.norm_batches < 1:
+        raise ValueError(f"--norm-batches must be >= 1, got {args.norm_batches}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    device = common.select_device(args.device)
+    ctx = common.DistContext(device=device)
+    data = walker2d.datasets(args)
+    eval_bs = args.eval_batch_size or args.batch_size
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, Tensor] = {}
+    results: dict[str, Any] = {}
+    for name in names:
+        common.seed_everything(args.seed)
+        model = walker2d.build_model(name, args).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        loader = common.make_loader(data["train"], batch_size=args.batch_size, train=True, seed=args.seed, ctx=ctx,
+                                    workers=args.workers)
+        train = {}
+        for epoch in range(1, args.epochs + 1):
+            train = common.train_epoch(model, loader, optimizer, walker2d.step_mse, device=device, ctx=ctx,
+                                       max_batches=args.max_batches, desc=f"{name} {epoch}/{args.epochs}",
+                                       grad_clip=args.grad_clip or None)
+            print(f"[adjoint_norms/{name}] epoch {epoch}/{args.epochs}  train MSE {train['loss']:.5g}  "
+                  f"NFE fwd {train['forward_nfe']:.1f} bwd {train['backward_nfe']:.1f}  {train['seconds']:.1f}s",
+                  flush=True)
+        test = common.make_loader(data["test"], batch_size=eval_bs, train=False, seed=args.seed, ctx=ctx,
+                                  workers=args.workers)
+        batches = []
+        for batch in test:
+            batches.append(common.to_device(batch, device))
+            if len(batches) == args.norm_batches:
+                break
+        norms = measure(model, batches, dtype=getattr(torch, args.norm_dtype)).cpu().double()
+        curves[name] = norms
+        rows += [{"model": name, "step": i, "norm": float(v)} for i, v in enumerate(norms)]
+        decay = float(norms[0] / norms[-1]) if norms[-1] > 0 else math.nan
+        results[name] = {"decay_first_over_last": decay, "norm_first": float(norms[0]), "norm_last": float(norms[-1]),
+                         "num_params": common.count_parameters(model), "train_loss": train.get("loss"),
+                         "forward_nfe": train.get("forward_nfe"), "backward_nfe": train.get("backward_nfe"),
+                         "norm_windows": sum(int(b["x"].shape[0]) for b in batches)}
+        print(f"[adjoint_norms/{name}] norm at first step {float(norms[0]):.3e}, at last {float(norms[-1]):.3e}, "
+              f"first/last {decay:.3e}", flush=True)
+        # Rewrite the files after every model, so a long run leaves usable partial results.
+        common.atomic_write_csv(rows, out / "adjoint_norms.csv", ["model", "step", "norm"])
+        plot(curves, out / "adjoint_norms.png",
+             title=f"Walker2D, {args.epochs} epoch(s) x {args.max_batches or 'all'} batches, rtol {args.rtol:g}")
+        summary = {"models": results, "config": dict(vars(args), models=names, device=str(device),
+                                                     torch=torch.__version__)}
+        common.atomic_write_json(summary, out / "summary.json")
+    print(f"wrote {out / 'adjoint_norms.csv'}, {out / 'adjoint_norms.png'} and {out / 'summary.json'}")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_models(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
