@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 import torchdiffeq
 
-from ._dynamics import Dynamics
+from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics
+from ._lean_dopri5 import LEAN_DOPRI5
 
 __all__ = ["SolverConfig", "SolverError", "odesolve", "ODEBlock", "solve_gaps"]
 
@@ -65,6 +66,9 @@ class SolverConfig:
             that evaluates the vector field more than ``20 * max_steps`` times also raises.
         step_size: step of fixed-grid methods (in the solve's own time: ``s in [0, 1]`` inside an ODE-RNN).
         options: further torchdiffeq options.
+        lean: for ``method="dopri5"``, use :class:`odernn._lean_dopri5.LeanDopri5`, a torchdiffeq solver subclass
+            with the same tableau, controller, steps and results as torchdiffeq's dopri5 but far less per-step
+            overhead (both in the forward and the adjoint solve). ``False`` uses torchdiffeq's own step.
     """
 
     method: str = "dopri5"
@@ -76,6 +80,7 @@ class SolverConfig:
     max_steps: int = 10_000
     step_size: Optional[float] = None
     options: tuple = ()
+    lean: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -117,7 +122,8 @@ class SolverConfig:
         opts = dict(self._solver_options)
         if first_step is not None and self.method in ADAPTIVE_METHODS:
             opts["first_step"] = first_step
-        kw: dict = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=opts)
+        method = LEAN_DOPRI5 if self.lean and self.method == "dopri5" else self.method
+        kw: dict = dict(rtol=self.rtol, atol=self.atol, method=method, options=opts)
         if self.adjoint:
             adj = dict(opts)
             if self.method in ADAPTIVE_METHODS:
@@ -127,6 +133,9 @@ class SolverConfig:
                     del adj["norm"]  # torchdiffeq's default: forward norm on states, mixed norm over parameters
             kw["adjoint_options"] = adj
         return kw
+
+
+_BUILTIN_FORWARDS = frozenset(c.forward for c in (NODE, ANODE, SONODE, HBNODE, GHBNODE))
 
 
 class _Field(nn.Module):
@@ -147,6 +156,8 @@ class _Field(nn.Module):
         self.n_backward = 0
         self.t0 = t0
         self.dt = dt
+        # The built-in dynamics read t only through a time-dependent net: skip forming t = t0 + s * dt otherwise.
+        self.needs_time = dynamics.time_dependent or type(dynamics).forward not in _BUILTIN_FORWARDS
         self.scale: Optional[Tensor] = None
         self.last_step: Optional[Tensor] = None
         if adaptive:
@@ -163,8 +174,10 @@ class _Field(nn.Module):
     def forward(self, s: Tensor, z: Tensor) -> Tensor:
         if self.dt is None:
             out = self.dynamics(s, z)
-        else:
+        elif self.needs_time:
             out = self.dynamics(self.t0 + s.to(self.dt.dtype) * self.dt, z) * self.scale
+        else:
+            out = self.dynamics(s, z) * self.scale
         backward = self.adjoint and torch.is_grad_enabled()
         if backward:
             self.n_backward += 1
@@ -239,14 +252,15 @@ def _check_output_shape(dynamics: Dynamics, t: Tensor, z0: Tensor) -> None:
 
 def odesolve(dynamics: Dynamics, z0: Tensor, t: Tensor, *, method: str = "dopri5", rtol: float = 1e-7,
              atol: float = 1e-9, adjoint: bool = True, seminorm: bool = True, norm: str = "sample",
-             max_steps: int = 10_000, step_size: Optional[float] = None, options: Optional[dict] = None) -> Tensor:
+             max_steps: int = 10_000, step_size: Optional[float] = None, options: Optional[dict] = None,
+             lean: bool = True) -> Tensor:
     """Solve ``dz/dt = dynamics(t, z)`` from ``z0`` over a shared, strictly monotone time grid.
 
     Args:
         dynamics: an :class:`odernn.Dynamics` (NODE, ANODE, SONODE, HBNODE, GHBNODE or your own subclass).
         z0: initial state, shape (batch, state, ...). Build it with ``dynamics.initial_state(h0, v0)``.
         t: times, shape (T,), T >= 2, strictly increasing or strictly decreasing.
-        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options: see :class:`SolverConfig`.
+        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: see :class:`SolverConfig`.
 
     Returns:
         The states at ``t``, batch-first: shape (batch, T, state, ...).
@@ -256,7 +270,7 @@ def odesolve(dynamics: Dynamics, z0: Tensor, t: Tensor, *, method: str = "dopri5
         SolverError: when the solve does not finish within ``max_steps``.
     """
     cfg = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm, norm=norm,
-                            max_steps=max_steps, step_size=step_size, options=options)
+                            max_steps=max_steps, step_size=step_size, options=options, lean=lean)
     return _odesolve(dynamics, z0, t, cfg)
 
 
@@ -289,7 +303,8 @@ class ODEBlock(nn.Module):
     Args:
         dynamics: an :class:`odernn.Dynamics`.
         t0, t1: integration interval (default [0, 1]).
-        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options: see :class:`SolverConfig`.
+        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: see
+            :class:`SolverConfig`.
 
     Shapes:
         ``forward(z0)``: (batch, state, ...) -> (batch, state, ...).
@@ -298,7 +313,7 @@ class ODEBlock(nn.Module):
     def __init__(self, dynamics: Dynamics, *, t0: float = 0.0, t1: float = 1.0, method: str = "dopri5",
                  rtol: float = 1e-3, atol: float = 1e-4, adjoint: bool = True, seminorm: bool = True,
                  norm: str = "sample", max_steps: int = 10_000, step_size: Optional[float] = None,
-                 options: Optional[dict] = None) -> None:
+                 options: Optional[dict] = None, lean: bool = True) -> None:
         super().__init__()
         if not isinstance(dynamics, Dynamics):
             raise TypeError(f"dynamics must be an odernn.Dynamics module, got {type(dynamics).__name__}")
@@ -307,7 +322,8 @@ class ODEBlock(nn.Module):
         self.dynamics = dynamics
         self.register_buffer("t", torch.tensor([float(t0), float(t1)]), persistent=False)
         self.solver = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm,
-                                        norm=norm, max_steps=max_steps, step_size=step_size, options=options)
+                                        norm=norm, max_steps=max_steps, step_size=step_size, options=options,
+                                        lean=lean)
 
     def forward(self, z0: Tensor) -> Tensor:
         return _odesolve(self.dynamics, z0, self.t.to(z0.dtype), self.solver)[:, -1]

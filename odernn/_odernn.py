@@ -55,7 +55,7 @@ class ODERNN(nn.Module):
         hidden_size: hidden channels ``n``; the state has ``dynamics.state_size(n)`` channels (``2n`` for
             SONODE/HBNODE/GHBNODE, ``n + augment_dim`` for ANODE).
         output_size: outputs per step.
-        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options: solver settings, see
+        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: solver settings, see
             :class:`odernn.SolverConfig`. ``step_size`` of fixed-grid methods is in rescaled time (fraction of a gap).
         adjoint_clip: if set to ``c``, during backpropagation the per-sample l2 norm of the adjoint state
             :math:`\partial L / \partial z_i^-` (the gradient with respect to the whole ODE state where a solve
@@ -88,7 +88,7 @@ class ODERNN(nn.Module):
                  net: Optional[nn.Module] = None, ode_width: Optional[int] = None, augment_dim: Optional[int] = None,
                  dynamics_kwargs: Optional[dict] = None, cell: Optional[nn.Module] = None, feed_mask: bool = True,
                  readout: Optional[nn.Module] = None, initial_state: Optional[nn.Module] = None,
-                 warm_start: bool = True) -> None:
+                 warm_start: bool = True, lean: bool = True) -> None:
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -116,7 +116,8 @@ class ODERNN(nn.Module):
         self.adjoint_clip = None if adjoint_clip is None else float(adjoint_clip)
         self.feed_mask = bool(feed_mask)
         self.solver = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm,
-                                        norm=norm, max_steps=max_steps, step_size=step_size, options=options)
+                                        norm=norm, max_steps=max_steps, step_size=step_size, options=options,
+                                        lean=lean)
         cell_in = 2 * input_size if self.feed_mask else input_size
         self.cell = nn.GRUCell(cell_in, self.state_size) if cell is None else cell
         readout_in = dyn.hidden(torch.zeros(1, self.state_size)).shape[1]
