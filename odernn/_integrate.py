@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 import torchdiffeq
 
+from ._errors import SolverError
 from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics
 from ._lean_dopri5 import LEAN_DOPRI5
 
@@ -29,10 +30,6 @@ ADAPTIVE_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptiv
 FIXED_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
                            "fixed_adams"})
 METHODS = ADAPTIVE_METHODS | FIXED_METHODS
-
-
-class SolverError(RuntimeError):
-    """A solve that could not finish: too many steps, a step size that underflowed, or a non-finite state."""
 
 
 def _sample_rms_max(x: Tensor) -> Tensor:

@@ -24,6 +24,8 @@ from torchdiffeq._impl.dopri5 import Dopri5Solver
 from torchdiffeq._impl.misc import _select_initial_step
 from torchdiffeq._impl.odeint import SOLVERS
 
+from ._errors import SolverError
+
 __all__ = ["LeanDopri5", "LEAN_DOPRI5"]
 
 LEAN_DOPRI5 = "odernn_dopri5"
@@ -107,7 +109,10 @@ class LeanDopri5(Dopri5Solver):
         target = float(next_t)
         n_steps = 0
         while target > self._t1:
-            assert n_steps < self._max_num_steps, f"max_num_steps exceeded ({n_steps}>={self._max_num_steps})"
+            if n_steps >= self._max_num_steps:
+                raise SolverError(f"the solve needed more than max_steps={self._max_num_steps} steps between two "
+                                  f"output times (t={self._t1:.6g}, target {target:.6g}); loosen rtol/atol or raise "
+                                  f"max_steps")
             self._step()
             n_steps += 1
         if target == self._t1:
@@ -126,8 +131,11 @@ class LeanDopri5(Dopri5Solver):
         func = self.func
         f = self._f_eval
         func.callback_step(t0, y0, dt)
-        assert t0 + dt > t0, f"underflow in dt {dt}"
-        assert bool(torch.isfinite(y0).all()), "non-finite values in state `y`"
+        if not t0 + dt > t0:
+            raise SolverError(f"the step size underflowed (dt={dt:.3g} at t={t0:.6g}): the dynamics are too stiff "
+                              f"or blowing up at rtol={self._rtol}, atol={self._atol}")
+        if not bool(torch.isfinite(y0).all()):
+            raise SolverError(f"the state became non-finite (NaN or inf) at t={t0:.6g}: the dynamics blew up")
         ks = [f0]
         yi = y0
         for alpha, beta in zip(_A, _B):

@@ -248,3 +248,22 @@ def test_fixed_grid_methods_and_float32():
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="needs step_size"):
         odernn.ODERNN("node", 2, 3, 2, method="rk4")
+
+
+def test_stiff_solve_with_adjoint_fails_fast():
+    """A stiff field over a long span exceeds max_steps and raises SolverError instead of hanging; the same field
+    over a short span solves fine."""
+    class Stiff(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, h):
+            return -1e4 * self.w * h  # stiff: explicit steps must be tiny over a long gap
+
+    dyn = odernn.NODE(Stiff())
+    z0 = torch.ones(1, 2, requires_grad=True)
+    out = odernn.odesolve(dyn, z0, torch.tensor([0.0, 1e-3]), max_steps=50, rtol=1e-6, atol=1e-8)
+    with pytest.raises(odernn.SolverError):
+        odernn.odesolve(dyn, z0, torch.tensor([0.0, 50.0]), max_steps=50, rtol=1e-6, atol=1e-8).sum().backward()
+    assert torch.isfinite(out).all()
