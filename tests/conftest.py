@@ -10,6 +10,10 @@ if "ODERNN_DATA" not in os.environ and _default.is_dir():
     os.environ["ODERNN_DATA"] = str(_default)
 
 
+# The suite's tensors are tiny: intra-op threads only add synchronisation (and oversubscribe a shared CI machine).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
