@@ -13,8 +13,9 @@ Writes, in ``--out`` (default ``runs/adjoint_norms``):
 - ``adjoint_norms.csv``: columns ``model, step, norm`` (``step`` = observation index ``i``, 0 ... 63; ``T - t``
   in the figure is ``63 - i``, observations before the last one);
 - ``adjoint_norms.png``: :math:`\log_{10}` norm against ``T - t``, one line per model (like Fig. 3);
-- ``summary.json``: per model the decay ``norm[first] / norm[last]``, the training loss and NFEs, the parameter
-  count, and the configuration.
+- ``summary.json``: per model the decay ``norm[first] / norm[last]``, where it happens (mean log10 change of the
+  norm per step across the RNN update and across the backward solve over a gap, see :func:`measure`), the training
+  loss and NFEs, the parameter count, and the configuration.
 
 The trained model is measured on a float64 copy (``--norm-dtype``): ODE-RNN's adjoint falls below float32's range
 within a window, where float32 backpropagation carries exact zeros.
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+import torch.nn.functional as F
 
 import odernn
 from odernn.diagnostics import adjoint_norms
@@ -96,17 +98,45 @@ def core_inputs(model: walker2d.StepPredictor, batch: dict) -> tuple[Tensor, Ten
     return x, t_rel, t_rel.new_zeros(t_rel.shape[0])
 
 
-def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Sample-weighted mean over ``batches`` of :func:`odernn.diagnostics.adjoint_norms` (default loss: MSE of the
-    last step), measured on a copy of the ODE-RNN in ``dtype``. Returns (T,).
+class _AfterCellProbe(nn.Module):
+    """Wraps an RNN cell and adds a zero tensor ``p_i`` to its output at call ``i``: ``dL/dp_i = dL/dz_i^+``, the
+    adjoint right after the update at observation ``i`` (where the backward solve over the next gap ends)."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+        self.probes: list[Tensor] = []
+
+    def forward(self, inp: Tensor, z: Tensor) -> Tensor:
+        out = self.cell(inp, z)
+        p = torch.zeros_like(out, requires_grad=True)
+        self.probes.append(p)
+        return out + p
+
+
+def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *,
+            dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+    """Adjoint norms of a trained Walker2D ODE-RNN over ``batches``, measured on a copy of its ODE-RNN in ``dtype``.
 
     float64 (the default) resolves norms far below float32's smallest normal number (about 1e-38): ODE-RNN's adjoint
     can fall below it within a 64-step window, where a float32 backward pass carries exact zeros.
+
+    Returns:
+        ``norms``: (T,) the sample-weighted mean over ``batches`` of :func:`odernn.diagnostics.adjoint_norms`
+        (default loss: MSE of the last step). ``log10_cell`` and ``log10_gap``: where the change happens, as the
+        mean over samples and observations of :math:`\log_{10}` of the norm ratio across one RNN update
+        (:math:`\|\partial L/\partial z_i^-\| / \|\partial L/\partial z_i^+\|`) and across one backward solve
+        over a gap (:math:`\|\partial L/\partial z_i^+\| / \|\partial L/\partial z_{i+1}^-\|`); positive means the
+        adjoint grows going back in time. (With ``--adjoint-clip`` the clip is part of the gap factor.)
     """
     if not isinstance(model.core, odernn.ODERNN):
         raise TypeError(f"adjoint norms need an ODE-RNN, got {type(model.core).__name__}")
     core = copy.deepcopy(model.core).to(dtype)
+    probed = copy.deepcopy(core)
+    probe = _AfterCellProbe(probed.cell)
+    probed.cell = probe
     total: Optional[Tensor] = None
+    cell_logs, gap_logs = [], []
     count = 0
     for batch in batches:
         x, t, t0 = core_inputs(model, batch)
@@ -119,12 +149,23 @@ def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *, dtype: to
         if not torch.allclose(ref, mine, rtol=1e-5, atol=1e-6):
             raise RuntimeError("recipes.walker2d.StepPredictor no longer feeds its ODE-RNN the inputs that "
                                "core_inputs() reproduces; update core_inputs()")
-        norms = adjoint_norms(core, x.to(dtype), t.to(dtype), batch["y"].to(dtype), t0=t0.to(dtype)) * x.shape[0]
-        total = norms if total is None else total + norms
+        x, t, t0, y = x.to(dtype), t.to(dtype), t0.to(dtype), batch["y"].to(dtype)
+        before = adjoint_norms(core, x, t, y, t0=t0, reduction="none")  # (B, T): dL/dz_i^-
+        probe.probes.clear()
+        out = probed(x, t, t0=t0)
+        grads = torch.autograd.grad(F.mse_loss(out[:, -1], y[:, -1]), probe.probes)
+        after = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads], dim=1)  # (B, T): dL/dz_i^+
+        ok = (before[:, :-1] > 0) & (after[:, :-1] > 0) & (before[:, 1:] > 0)
+        cell_logs.append(torch.log10(before[:, :-1] / after[:, :-1])[ok])
+        gap_logs.append(torch.log10(after[:, :-1] / before[:, 1:])[ok])
+        total = before.sum(dim=0) if total is None else total + before.sum(dim=0)
         count += x.shape[0]
     if total is None:
         raise ValueError("no test batches to measure")
-    return total / count
+    cell, gap = torch.cat(cell_logs), torch.cat(gap_logs)
+    return {"norms": total / count,
+            "log10_cell": float(cell.mean()) if cell.numel() else math.nan,
+            "log10_gap": float(gap.mean()) if gap.numel() else math.nan}
 
 
 def plot(curves: dict[str, Tensor], path: Path, *, title: str) -> Path:
@@ -189,16 +230,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batches.append(common.to_device(batch, device))
             if len(batches) == args.norm_batches:
                 break
-        norms = measure(model, batches, dtype=getattr(torch, args.norm_dtype)).cpu().double()
+        measured = measure(model, batches, dtype=getattr(torch, args.norm_dtype))
+        norms = measured["norms"].detach().cpu().double()
         curves[name] = norms
         rows += [{"model": name, "step": i, "norm": float(v)} for i, v in enumerate(norms)]
         decay = float(norms[0] / norms[-1]) if norms[-1] > 0 else math.nan
         results[name] = {"decay_first_over_last": decay, "norm_first": float(norms[0]), "norm_last": float(norms[-1]),
                          "num_params": common.count_parameters(model), "train_loss": train.get("loss"),
                          "forward_nfe": train.get("forward_nfe"), "backward_nfe": train.get("backward_nfe"),
-                         "norm_windows": sum(int(b["x"].shape[0]) for b in batches)}
+                         "norm_windows": sum(int(b["x"].shape[0]) for b in batches),
+                         "log10_per_step_cell": measured["log10_cell"], "log10_per_step_gap": measured["log10_gap"]}
         print(f"[adjoint_norms/{name}] norm at first step {float(norms[0]):.3e}, at last {float(norms[-1]):.3e}, "
-              f"first/last {decay:.3e}", flush=True)
+              f"first/last {decay:.3e}; mean log10 change per step going back: across the RNN update "
+              f"{measured['log10_cell']:+.3f}, across the ODE gap {measured['log10_gap']:+.3f}", flush=True)
         # Rewrite the files after every model, so a long run leaves usable partial results.
         common.atomic_write_csv(rows, out / "adjoint_norms.csv", ["model", "step", "norm"])
         plot(curves, out / "adjoint_norms.png",
