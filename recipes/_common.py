@@ -61,7 +61,7 @@ __all__ = [
     "all_reduce_sums", "atomic_save", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json",
     "atomic_write_text", "base_parser", "compare_models", "count_parameters", "evaluate", "expand_models",
     "init_distributed", "load_checkpoint", "make_loader", "nfe_counter_for", "progress", "rng_state",
-    "run_recipe", "save_checkpoint", "seed_everything", "select_device", "set_rng_state", "to_device",
+    "TrainingDiverged", "run_recipe", "save_checkpoint", "seed_everything", "select_device", "set_rng_state", "to_device",
     "train_epoch", "unwrap", "write_summary",
 ]
 
@@ -619,6 +619,10 @@ def _split_loss(out: Union[Tensor, Mapping[str, Tensor]]) -> tuple[Tensor, dict[
 LossFn = Callable[[nn.Module, Any], Union[Tensor, Mapping[str, Tensor]]]
 
 
+class TrainingDiverged(RuntimeError):
+    """A training batch gave a non-finite loss."""
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
                 device: torch.device, ctx: Optional[DistContext] = None, max_batches: Optional[int] = None,
                 desc: str = "train", grad_clip: Optional[float] = None) -> dict[str, float]:
@@ -641,7 +645,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         ``seconds`` (wall time of the loop) and ``train_<name>`` for extra outputs of ``loss_fn``.
 
     Raises:
-        RuntimeError: when a batch gives a non-finite loss (nothing is stepped with it).
+        TrainingDiverged: (a RuntimeError) when a batch gives a non-finite loss (nothing is stepped with it).
     """
     ctx = ctx or DistContext(device=device)
     model.train()
@@ -657,7 +661,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         with nfe_counter_for(model) as nfe:
             loss, extra = _split_loss(loss_fn(model, batch))
             if not torch.isfinite(loss):
-                raise RuntimeError(f"non-finite training loss {loss.item()} at batch {i}; lower --lr or tighten "
+                raise TrainingDiverged(f"non-finite training loss {loss.item()} at batch {i}; lower --lr or tighten "
                                    f"--rtol/--atol")
             loss.backward()
         if grad_clip is not None:
@@ -735,6 +739,12 @@ class RecipeSpec:
         eval_loss: ``eval_loss(model, batch) -> Tensor | {"loss": Tensor, ...}``, the reported metric (batch mean).
         collate_fn: DataLoader collate function (default: torch's).
         describe: ``describe(model_name, args) -> dict`` architecture facts stored in config/summary (sizes, ...).
+        all_models: what ``--model all`` trains (default: ``models``); e.g. the paper's models without a baseline
+            that is offered separately. The comparison also includes any model of ``models`` that already has
+            metrics in the output folder.
+
+    The optional flag ``--grad-clip`` (a recipe adds it to its parser) clips the parameter-gradient norm after each
+    backward pass (``0`` or absent: no clip).
     """
 
     name: str
@@ -745,6 +755,7 @@ class RecipeSpec:
     eval_loss: LossFn
     collate_fn: Optional[Callable] = None
     describe: Optional[Callable[[str, argparse.Namespace], Mapping[str, Any]]] = None
+    all_models: Optional[Sequence[str]] = None
 
 
 def _log(ctx: DistContext, msg: str) -> None:
@@ -763,14 +774,25 @@ def run_recipe(spec: RecipeSpec, args: argparse.Namespace) -> dict[str, dict]:
     ctx = init_distributed(args.device)
     try:
         out = Path(args.out or Path("runs") / spec.name)
-        names = expand_models(args.model, spec.models)
+        every = tuple(spec.all_models or spec.models)
+        names = every if args.model == "all" else expand_models(args.model, spec.models)
         data = spec.datasets(args)
         missing = {"train", "valid", "test"} - set(data)
         if missing:
             raise ValueError(f"datasets() must return train, valid and test; missing {sorted(missing)}")
-        summaries = {name: fit_model(spec, name, args, data, out, ctx) for name in names}
+        summaries = {}
+        for name in names:
+            try:
+                summaries[name] = fit_model(spec, name, args, data, out, ctx)
+            except (odernn.SolverError, TrainingDiverged) as e:
+                if ctx.enabled or args.model != "all":
+                    raise
+                # With --model all, one model blowing up (the paper's SONODE on Walker2D) is a result, not a crash.
+                _log(ctx, f"[{spec.name}/{name}] FAILED: {e}")
+                summaries[name] = {"model": name, "failed": True, "error": str(e)}
+                atomic_write_json({**summaries[name], "config": vars(args)}, out / name / "summary.json")
         if args.model == "all" and ctx.is_main:
-            compare_models(out, names, title=spec.name)
+            compare_models(out, list(dict.fromkeys([*names, *spec.models])), title=spec.name)
             _log(ctx, f"comparison written to {out / 'comparison.md'} and {out / 'comparison.png'}")
         return summaries
     finally:
@@ -817,10 +839,12 @@ def fit_model(spec: RecipeSpec, name: str, args: argparse.Namespace, data: Mappi
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     max_eval = args.max_eval_batches or args.max_batches
+    grad_clip = getattr(args, "grad_clip", None) or None
     for epoch in range(start, args.epochs + 1):
         set_epoch(train_loader, epoch)
         tr = train_epoch(train_model, train_loader, optimizer, spec.train_loss, device=device, ctx=ctx,
-                         max_batches=args.max_batches, desc=f"{name} {epoch}/{args.epochs} train")
+                         max_batches=args.max_batches, desc=f"{name} {epoch}/{args.epochs} train",
+                         grad_clip=grad_clip)
         t0 = time.perf_counter()
         va = evaluate(model, eval_loaders["valid"], spec.eval_loss, device=device, ctx=ctx, max_batches=max_eval,
                       desc=f"{name} {epoch} valid")
