@@ -12,6 +12,8 @@ Neither function changes the model: parameters, their ``.grad`` and the train/ev
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
@@ -23,20 +25,6 @@ from ._dynamics import HBNODE, Dynamics
 from ._odernn import ODERNN
 
 __all__ = ["adjoint_norms", "adjoint_spectrum", "AdjointSpectrum"]
-
-
-class _Recorder(list):
-    r"""The ``record`` list handed to ``ODERNN._encode``.
-
-    A recorded state that does not take part in the autograd graph (the zero initial state when the first gap is
-    empty, or any state when every parameter is frozen) is made a graph leaf the moment it is recorded, before the
-    cell uses it, so that :math:`\partial L / \partial z_i^-` exists for every observation.
-    """
-
-    def append(self, z: Tensor) -> None:  # type: ignore[override]
-        if not z.requires_grad:
-            z.requires_grad_(True)
-        super().append(z)
 
 
 def _default_loss(outputs: Tensor, y: Tensor) -> Tensor:
@@ -58,7 +46,9 @@ def adjoint_norms(model: ODERNN, x: Tensor, t: Tensor, y: Tensor,
     with ``adjoint=False`` from backpropagation through the solver; both agree up to the solver tolerance.
 
     The model is run in eval mode (restored afterwards); gradients are taken with :func:`torch.autograd.grad`, so
-    parameters and their ``.grad`` are untouched.
+    parameters and their ``.grad`` are untouched. A state outside the autograd graph (the zero initial state when the
+    first gap is empty, or every state when all parameters are frozen) still gets its adjoint: ``ODERNN._encode``
+    makes such a state a graph leaf.
 
     Args:
         model: any :class:`odernn.ODERNN`.
@@ -106,7 +96,7 @@ def adjoint_norms(model: ODERNN, x: Tensor, t: Tensor, y: Tensor,
     model.eval()
     try:
         with torch.enable_grad():
-            record = _Recorder()
+            record: list = []
             h, _, _ = model._encode(x, t, mask, t0, record=record)
             value = loss(model._readout(h), y)
             if not isinstance(value, Tensor):
@@ -136,9 +126,11 @@ def adjoint_norms(model: ODERNN, x: Tensor, t: Tensor, y: Tensor,
 def _clipped(g: Tensor, c: float) -> Tensor:
     """``g`` as :func:`odernn.clip_adjoint` passes it on during backpropagation (per-sample l2 norm at most ``c``).
 
-    ``ODERNN._encode`` records the clip's *output*, whose gradient is what arrives from downstream; the clip acts on
-    the way further back. Running the library's own clip here keeps a single definition of the rule (and it is
-    idempotent, so an already clipped gradient is unchanged).
+    ``ODERNN._encode`` records the state *before* its clip node, so the recorded gradient is already clipped and this
+    changes nothing (the clip is idempotent). It is applied anyway so that the guarantee "no entry exceeds
+    ``adjoint_clip``" does not hinge on where the private hook sits relative to the clip node (an earlier version
+    recorded the clip's output, whose gradient is the unclipped one arriving from downstream). It runs the library's
+    own clip, so the rule has a single definition.
     """
     leaf = torch.zeros_like(g, requires_grad=True)
     (out,) = torch.autograd.grad(clip_adjoint(leaf, c), leaf, grad_outputs=g)
@@ -193,6 +185,9 @@ def adjoint_spectrum(dynamics: Union[Dynamics, ODERNN], z: Tensor, t: Union[floa
         t: the time (only matters for time-dependent networks): a float or scalar tensor, or (K,) increasing times of
             the K states (trapezoidal average).
 
+    The computation runs in ``z``'s dtype and device: a float64 ``z`` on a float32 model evaluates a float64 copy of
+    the dynamics (the model itself is left as it is).
+
     Returns:
         :class:`AdjointSpectrum`.
 
@@ -231,6 +226,9 @@ def adjoint_spectrum(dynamics: Union[Dynamics, ODERNN], z: Tensor, t: Union[floa
     shape = z.shape[1:]
     D = shape.numel()
     z = z.detach()
+    if any(p.dtype != z.dtype or p.device != z.device for p in itertools.chain(dynamics.parameters(),
+                                                                              dynamics.buffers())):
+        dynamics = copy.deepcopy(dynamics).to(device=z.device, dtype=z.dtype)  # the caller's module is not touched
     mats = []
     for k in range(K):
         def field(v: Tensor, tk: Tensor = times[k]) -> Tensor:
