@@ -194,6 +194,36 @@ def plot(curves: dict[str, Tensor], path: Path, *, title: str) -> Path:
     return common.atomic_write_bytes(buf.getvalue(), path)
 
 
+def _train_and_measure(name: str, args: argparse.Namespace, data: dict, device: torch.device,
+                       ctx: common.DistContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Seed, build and briefly train one model, then :func:`measure` it on the first test batches."""
+    common.seed_everything(args.seed)
+    model = walker2d.build_model(name, args).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loader = common.make_loader(data["train"], batch_size=args.batch_size, train=True, seed=args.seed, ctx=ctx,
+                                workers=args.workers)
+    train: dict[str, Any] = {}
+    for epoch in range(1, args.epochs + 1):
+        train = common.train_epoch(model, loader, optimizer, walker2d.step_mse, device=device, ctx=ctx,
+                                   max_batches=args.max_batches, desc=f"{name} {epoch}/{args.epochs}",
+                                   grad_clip=args.grad_clip or None)
+        print(f"[adjoint_norms/{name}] epoch {epoch}/{args.epochs}  train MSE {train['loss']:.5g}  "
+              f"NFE fwd {train['forward_nfe']:.1f} bwd {train['backward_nfe']:.1f}  {train['seconds']:.1f}s",
+              flush=True)
+    test = common.make_loader(data["test"], batch_size=args.eval_batch_size or args.batch_size, train=False,
+                              seed=args.seed, ctx=ctx, workers=args.workers)
+    batches = []
+    for batch in test:
+        batches.append(common.to_device(batch, device))
+        if len(batches) == args.norm_batches:
+            break
+    measured = measure(model, batches, dtype=getattr(torch, args.norm_dtype))
+    info = {"num_params": common.count_parameters(model), "train_loss": train.get("loss"),
+            "forward_nfe": train.get("forward_nfe"), "backward_nfe": train.get("backward_nfe"),
+            "norm_windows": sum(int(b["x"].shape[0]) for b in batches)}
+    return measured, info
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train each model briefly, measure its adjoint norms, write CSV, figure and summary. Returns the summary."""
     names = parse_models(args)
@@ -205,52 +235,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = common.select_device(args.device)
     ctx = common.DistContext(device=device)
     data = walker2d.datasets(args)
-    eval_bs = args.eval_batch_size or args.batch_size
     rows: list[dict[str, Any]] = []
     curves: dict[str, Tensor] = {}
     results: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
     for name in names:
-        common.seed_everything(args.seed)
-        model = walker2d.build_model(name, args).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        loader = common.make_loader(data["train"], batch_size=args.batch_size, train=True, seed=args.seed, ctx=ctx,
-                                    workers=args.workers)
-        train = {}
-        for epoch in range(1, args.epochs + 1):
-            train = common.train_epoch(model, loader, optimizer, walker2d.step_mse, device=device, ctx=ctx,
-                                       max_batches=args.max_batches, desc=f"{name} {epoch}/{args.epochs}",
-                                       grad_clip=args.grad_clip or None)
-            print(f"[adjoint_norms/{name}] epoch {epoch}/{args.epochs}  train MSE {train['loss']:.5g}  "
-                  f"NFE fwd {train['forward_nfe']:.1f} bwd {train['backward_nfe']:.1f}  {train['seconds']:.1f}s",
-                  flush=True)
-        test = common.make_loader(data["test"], batch_size=eval_bs, train=False, seed=args.seed, ctx=ctx,
-                                  workers=args.workers)
-        batches = []
-        for batch in test:
-            batches.append(common.to_device(batch, device))
-            if len(batches) == args.norm_batches:
-                break
-        measured = measure(model, batches, dtype=getattr(torch, args.norm_dtype))
-        norms = measured["norms"].detach().cpu().double()
-        curves[name] = norms
-        rows += [{"model": name, "step": i, "norm": float(v)} for i, v in enumerate(norms)]
-        decay = float(norms[0] / norms[-1]) if norms[-1] > 0 else math.nan
-        results[name] = {"decay_first_over_last": decay, "norm_first": float(norms[0]), "norm_last": float(norms[-1]),
-                         "num_params": common.count_parameters(model), "train_loss": train.get("loss"),
-                         "forward_nfe": train.get("forward_nfe"), "backward_nfe": train.get("backward_nfe"),
-                         "norm_windows": sum(int(b["x"].shape[0]) for b in batches),
-                         "log10_per_step_cell": measured["log10_cell"], "log10_per_step_gap": measured["log10_gap"]}
-        print(f"[adjoint_norms/{name}] norm at first step {float(norms[0]):.3e}, at last {float(norms[-1]):.3e}, "
-              f"first/last {decay:.3e}; mean log10 change per step going back: across the RNN update "
-              f"{measured['log10_cell']:+.3f}, across the ODE gap {measured['log10_gap']:+.3f}", flush=True)
+        try:
+            measured, info = _train_and_measure(name, args, data, device, ctx)
+        except (odernn.SolverError, common.TrainingDiverged) as e:
+            # As in the other recipes: a model that blows up is recorded as failed, the others still run.
+            print(f"[adjoint_norms/{name}] FAILED: {e}", flush=True)
+            results[name] = {"failed": True, "error": str(e)}
+        else:
+            norms = measured["norms"].detach().cpu().double()
+            curves[name] = norms
+            rows += [{"model": name, "step": i, "norm": float(v)} for i, v in enumerate(norms)]
+            decay = float(norms[0] / norms[-1]) if norms[-1] > 0 else math.nan
+            results[name] = {"decay_first_over_last": decay, "norm_first": float(norms[0]),
+                             "norm_last": float(norms[-1]), **info,
+                             "log10_per_step_cell": measured["log10_cell"],
+                             "log10_per_step_gap": measured["log10_gap"]}
+            print(f"[adjoint_norms/{name}] norm at first step {float(norms[0]):.3e}, at last {float(norms[-1]):.3e}, "
+                  f"first/last {decay:.3e}; mean log10 change per step going back: across the RNN update "
+                  f"{measured['log10_cell']:+.3f}, across the ODE gap {measured['log10_gap']:+.3f}", flush=True)
         # Rewrite the files after every model, so a long run leaves usable partial results.
         common.atomic_write_csv(rows, out / "adjoint_norms.csv", ["model", "step", "norm"])
-        plot(curves, out / "adjoint_norms.png",
-             title=f"Walker2D, {args.epochs} epoch(s) x {args.max_batches or 'all'} batches, rtol {args.rtol:g}")
+        if curves:
+            plot(curves, out / "adjoint_norms.png",
+                 title=f"Walker2D, {args.epochs} epoch(s) x {args.max_batches or 'all'} batches, rtol {args.rtol:g}")
         summary = {"models": results, "config": dict(vars(args), models=names, device=str(device),
                                                      torch=torch.__version__)}
         common.atomic_write_json(summary, out / "summary.json")
-    print(f"wrote {out / 'adjoint_norms.csv'}, {out / 'adjoint_norms.png'} and {out / 'summary.json'}")
+    figure = f", {out / 'adjoint_norms.png'}" if curves else " (no figure: every model failed)"
+    print(f"wrote {out / 'adjoint_norms.csv'}{figure} and {out / 'summary.json'}")
     return summary
 
 

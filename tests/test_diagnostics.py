@@ -326,3 +326,25 @@ def test_recipe_smoke(tmp_path):
         assert all(math.isfinite(info[k]) for k in ("log10_per_step_cell", "log10_per_step_gap"))
     # The paper's claim, by many orders of magnitude even after one batch.
     assert summary["models"]["node"]["decay_first_over_last"] < 1e-6 < summary["models"]["hbnode"]["decay_first_over_last"]
+
+
+@pytest.mark.skipif(not _walker_available(), reason="needs ODERNN_DATA with walker2d/")
+def test_recipe_records_a_failed_model_and_goes_on(tmp_path, monkeypatch):
+    an = pytest.importorskip("recipes.adjoint_norms")
+    from recipes import _common
+
+    real = an._train_and_measure
+
+    def flaky(name, *a, **kw):
+        if name == "node":
+            raise _common.TrainingDiverged("non-finite training loss inf at batch 0")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(an, "_train_and_measure", flaky)
+    summary = an.main(["--models", "node,ghbnode", "--max-batches", "1", "--batch-size", "4", "--eval-batch-size",
+                       "4", "--rtol", "1e-2", "--atol", "1e-2", "--device", "cpu", "--out", str(tmp_path)])
+    assert summary["models"]["node"]["failed"] is True
+    assert summary["models"]["ghbnode"]["decay_first_over_last"] > 0
+    rows = _common.read_csv(tmp_path / "adjoint_norms.csv")
+    assert {r["model"] for r in rows} == {"ghbnode"} and len(rows) == 64
+    assert (tmp_path / "adjoint_norms.png").exists()
