@@ -32,14 +32,19 @@ FIXED_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explic
 METHODS = ADAPTIVE_METHODS | FIXED_METHODS
 
 
+@torch.no_grad()
 def _sample_rms_max(x: Tensor) -> Tensor:
     """Max over the batch (dim 0) of each sample's RMS: step control driven by the worst sample, so a sample's
-    accuracy does not depend on what else is in the batch."""
+    accuracy does not depend on what else is in the batch.
+
+    Norms only steer step sizes, so they are never differentiated (a differentiated sqrt at 0, e.g. a sample with a
+    zero gap, would turn direct-backpropagation gradients into NaN)."""
     if x.dim() < 2:
         return x.abs().max() if x.numel() else x.new_zeros(())
     return x.reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt().max()
 
 
+@torch.no_grad()
 def _rms(x: Tensor) -> Tensor:
     return x.pow(2).mean().sqrt()
 

@@ -267,3 +267,21 @@ def test_stiff_solve_with_adjoint_fails_fast():
     with pytest.raises(odernn.SolverError):
         odernn.odesolve(dyn, z0, torch.tensor([0.0, 50.0]), max_steps=50, rtol=1e-6, atol=1e-8).sum().backward()
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("method", ["bosh3", "dopri5"])
+def test_zero_gap_samples_give_finite_direct_gradients(method):
+    """A padded (zero-gap) sample next to a moving one: step-size norms must not leak NaN into gradients."""
+    x, t = irregular_batch(B=2, T=4)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[1, 2:] = False
+    m = odernn.ODERNN("hbnode", 2, 3, 2, method=method, adjoint=False, lean=False).double()
+    m(x, t, mask).pow(2).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_step_size_norms_are_not_differentiated():
+    from odernn._integrate import _NORMS
+    x = torch.zeros(3, 4, requires_grad=True)
+    for norm in _NORMS.values():
+        assert not norm(x * 1.0).requires_grad
