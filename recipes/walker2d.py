@@ -33,6 +33,7 @@ parameter-gradient norm clipped at 1 (``--grad-clip``), times divided by 64 (``-
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any, Optional, Sequence
 
@@ -60,6 +61,8 @@ ARCH = {
     "hbnode": dict(n=24, augment=0, h1=48, h2=48, residual=True),
     "ghbnode": dict(n=24, augment=0, h1=48, h2=48, residual=True),
 }
+#: Initial xi of GHBNODE (``--xi0``).
+XI0 = math.log(2.0)
 NCDE_HIDDEN = 16
 
 
@@ -116,12 +119,12 @@ class StepPredictor(nn.Module):
 
 
 def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: bool = True,
-                 adjoint_clip: Optional[float] = None) -> odernn.ODERNN:
+                 adjoint_clip: Optional[float] = None, xi0: float = XI0) -> odernn.ODERNN:
     """The ODE-RNN hybrid ``name`` of Table 4 (see the module docstring)."""
     a = ARCH[name]
     n, p = a["n"], a["augment"]
     n_in = {"sonode": 2 * n, "anode": n + p}.get(name, n)
-    dyn = odernn.make_dynamics(name, nn.Linear(n_in, n + p), augment_dim=p)
+    dyn = odernn.make_dynamics(name, nn.Linear(n_in, n + p), augment_dim=p, **_xi_kwargs(name, xi0))
     state = dyn.state_size(n)
     cell = MLPCell(K, state, a["h1"], a["h2"], residual=a["residual"])
     readout = nn.Linear(n + p if name in ("node", "anode") else n, K)
@@ -132,6 +135,15 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
 
 def _ncde_width() -> int:
     return ncde_width_for(TABLE4_PARAMS["hbnode"], input_size=K, hidden_size=NCDE_HIDDEN, output_size=K)
+
+
+def _xi_kwargs(name: str, xi0: float) -> dict:
+    """GHBNODE's ``chi`` for an initial ``xi = softplus(chi) = xi0`` (other models: nothing)."""
+    if name != "ghbnode":
+        return {}
+    if not xi0 > 0:
+        raise ValueError(f"--xi0 must be positive (xi = softplus(chi) > 0), got {xi0!r}")
+    return {"chi": xi0 + math.log(-math.expm1(-xi0))}
 
 
 def build_model(name: str, args: argparse.Namespace) -> StepPredictor:
@@ -145,7 +157,7 @@ def build_model(name: str, args: argparse.Namespace) -> StepPredictor:
                                     input_std=torch.as_tensor(train.std))
     else:
         core = build_odernn(name, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint,
-                            adjoint_clip=args.adjoint_clip)
+                            adjoint_clip=args.adjoint_clip, xi0=args.xi0)
     return StepPredictor(core, time_scale=args.time_scale)
 
 
@@ -155,6 +167,7 @@ def describe(name: str, args: argparse.Namespace) -> dict:
                 "interpolation": "hermite_cubic_backward_differences", "paper_params": None,
                 "time_scale": args.time_scale}
     return {"kind": "odernn", **ARCH[name], "copies": 1 if name in ("node", "anode") else 2,
+            **({"xi0": args.xi0} if name == "ghbnode" else {}),
             "paper_params": TABLE4_PARAMS.get(name), "time_scale": args.time_scale}
 
 
@@ -184,6 +197,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="clip the parameter-gradient norm after backward (official code: 1.0); 0 disables")
     p.add_argument("--time-scale", type=float, default=1 / 64,
                    help="multiply times (in raw simulation steps) by this factor (official code: 1/64)")
+    p.add_argument("--xi0", type=float, default=XI0,
+                   help="initial xi of GHBNODE (xi = softplus(chi), learned); default ln 2, the paper's chi = 0")
     p.add_argument("--data-root", default=None, help="data root (default $ODERNN_DATA or the user cache)")
     return p
 

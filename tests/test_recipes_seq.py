@@ -124,6 +124,15 @@ def test_plane_vibration_all_writes_metrics_summary_and_comparison(tmp_path, cap
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@needs_walker
+def test_walker2d_ncde_baseline_runs_and_counts_nfe(tmp_path):
+    res = walker2d.main(["--model", "ncde", "--epochs", "1", "--max-batches", "1", "--batch-size", "2",
+                         "--rtol", "1e-3", "--atol", "1e-3", "--threads", "1", "--out", str(tmp_path)])
+    row = _rows(tmp_path / "ncde" / "metrics.csv")[0]
+    assert float(row["forward_nfe"]) > 0 and float(row["backward_nfe"]) > 0 and float(row["test_nfe"]) > 0
+    assert abs(res["ncde"]["num_params"] / walker2d.TABLE4_PARAMS["hbnode"] - 1) <= 0.02
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Resume and crash safety
 # ---------------------------------------------------------------------------------------------------------------
