@@ -13,7 +13,8 @@ Files written per model, in ``DIR/<model>/`` (``DIR`` = ``--out``), by rank 0 on
 - ``metrics.csv``: one row per epoch (see :data:`METRIC_COLUMNS`); rewritten atomically after every epoch.
 - ``checkpoint.pt``: model, optimizer, epoch and every random state (python, numpy, torch, CUDA, DataLoader
   generator), written atomically after every epoch; ``--resume`` continues from it and reproduces an uninterrupted
-  run with the same seed exactly (same device and thread count).
+  run with the same seed exactly (same device and thread count; on CUDA as far as its kernels are
+  deterministic).
 - ``summary.json``: model, number of parameters, final metrics and the configuration, at the end.
 
 Every file is written through a temporary file in the same folder, flushed, fsynced and moved into place with
