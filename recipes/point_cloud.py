@@ -16,7 +16,9 @@ Models (Appendix E.2, Table 3 sizes; parameter counts 525 / 567 / 527 / 568 / 56
 * output ``n -> fc_1 -> tanh`` on the position (ANODE: on all 3 dimensions).
 
 Each of ``--runs`` independent runs draws its own data and initial weights (seed ``--seed + run``) and trains with
-Adam (lr 0.01, batch 50; Table 1) at tolerance 1e-7 for ``--epochs`` epochs. Files, per model:
+Adam (lr 0.01, batch 50; Table 1) at tolerance 1e-7 for ``--epochs`` epochs. Runs are independent and can be spread
+over processes with ``--first-run K --runs M`` (then one final ``--runs N --resume`` call skips the finished runs
+and aggregates them all). Files, per model:
 
 * ``DIR/<model>/run_NNN/``: ``metrics.csv``, ``summary.json``, ``checkpoint.pt`` of each run (``--resume``
   continues unfinished runs and skips finished ones);
@@ -27,7 +29,7 @@ Adam (lr 0.01, batch 50; Table 1) at tolerance 1e-7 for ``--epochs`` epochs. Fil
 
 With ``--model all``: ``DIR/comparison.md``/``.png`` (per-epoch means), ``DIR/point_cloud_runs.md`` (the per-run
 aggregate table), ``DIR/point_cloud_distributions.png`` (training loss and NFE distributions over runs, Fig. 4) and
-``DIR/point_cloud_evolution.png`` (how run 0 of each model moves the points).
+``DIR/point_cloud_evolution.png`` (how the first run of each model moves its points).
 
 Usage::
 
@@ -212,14 +214,14 @@ def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: _comm
     """Train ``args.runs`` independent runs of ``model``; write its per-run and aggregate files."""
     folder = out / model
     run_rows, epoch_rows = [], {}
-    for run in range(args.runs):
+    for run in range(args.first_run, args.first_run + args.runs):
         run_args = argparse.Namespace(**{**vars(args), "seed": args.seed + run, "model": model})
         spec = _run_spec(model, run)
         data = spec.datasets(run_args)
         name = f"run_{run:03d}"
         try:
             _common.fit_model(spec, name, run_args, data, folder, ctx)
-        except (odernn.SolverError, RuntimeError) as e:  # a blown-up run is a result, not a crash
+        except (odernn.SolverError, _common.TrainingDiverged) as e:  # a blown-up run is a result, not a crash
             print(f"[point_cloud/{model}] run {run} failed: {e}", flush=True)
             run_rows.append({"run": run, "seed": run_args.seed, "failed": 1, "error": str(e)[:200]})
             continue
@@ -334,18 +336,20 @@ def plot_distributions(out: Path, results: dict) -> Path:
 
 def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, device: torch.device,
                    times: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> Optional[Path]:
-    """How the trained model of run 0 moves its training points: one row per model, one column per time."""
+    """How the trained model of run ``args.first_run`` moves its training points: one row per model, one column
+    per time."""
     plt = pyplot()
-    avail = [m for m in models if (out / m / "run_000" / _common.CHECKPOINT_NAME).exists()]
+    run = f"run_{args.first_run:03d}"
+    avail = [m for m in models if (out / m / run / _common.CHECKPOINT_NAME).exists()]
     if not avail:
         return None
     fig, axes = plt.subplots(len(avail), len(times), figsize=(2.6 * len(times), 2.6 * len(avail)), squeeze=False)
-    x, y = nested_circles(seed=args.seed)
+    x, y = nested_circles(seed=args.seed + args.first_run)
     x = x.to(device)
     t = torch.tensor(times, dtype=torch.float32)
     for i, m in enumerate(avail):
         net = build_model(m, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(device)
-        _common.load_checkpoint(out / m / "run_000" / _common.CHECKPOINT_NAME, model=net, restore_rng=False)
+        _common.load_checkpoint(out / m / run / _common.CHECKPOINT_NAME, model=net, restore_rng=False)
         net.eval()
         traj = net.trajectory(x, t).cpu()  # (B, T, n)
         w = net.readout.weight.detach().cpu()[0]
@@ -366,8 +370,8 @@ def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, devic
                 if abs(float(w[1])) > 1e-8:
                     ax.plot(xs, -(w[0] * xs + b) / w[1], "k--", lw=1)
                     ax.set_ylim(float(p[:, 1].min()) - 0.1, float(p[:, 1].max()) + 0.1)
-    fig.suptitle("Learned evolution of the point cloud (run 0; blue: disc, orange: annulus; dashed: readout "
-                 "boundary)")
+    fig.suptitle(f"Learned evolution of the point cloud ({run}; blue: disc, orange: annulus; dashed: readout "
+                 f"boundary)")
     fig.tight_layout()
     return save_figure(fig, out / "point_cloud_evolution.png")
 
@@ -379,9 +383,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
         defaults={"batch_size": 50, "lr": 0.01, "epochs": 40, "rtol": 1e-7, "atol": 1e-7,
                   "out": "runs/point_cloud"})
     parser.add_argument("--runs", type=int, default=100, help="independent runs per model (paper: 100)")
+    parser.add_argument("--first-run", type=int, default=0,
+                        help="index of the first run (run k uses seed --seed + k): split the runs over processes "
+                             "with disjoint ranges, then aggregate all with --first-run 0 --runs N --resume")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error(f"--runs must be >= 1, got {args.runs}")
+    if args.runs < 1 or args.first_run < 0:
+        parser.error(f"--runs must be >= 1 and --first-run >= 0, got {args.runs} and {args.first_run}")
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = _common.init_distributed(args.device)
