@@ -179,7 +179,7 @@ def run(out_dir: Optional[str | Path], *, models: tuple[str, ...] = MODELS, init
     results: dict = {"t": t_cpu, "mean": {}, "per_init": {}, "summary": {}, "exact": exact}
     for k, name in enumerate(models):
         h_norms, z_norms, nfes, secs, failures = [], [], [], [], 0
-        for r in range(inits):
+        for r in _common.progress(range(inits), desc=f"{name} inits", total=inits):
             _common.seed_everything(seed * 1_000_003 + 1000 * k + r)  # disjoint streams per seed, model, init
             model = build_model(name, path).to(device=device, dtype=torch.float64)
             start = time.perf_counter()

@@ -203,6 +203,20 @@ def test_mnist_recipe_smoke(tmp_path):
     assert summary["num_params"] == 85_930 and summary["config"]["architecture"]["augmented_channels_p"] == 4
 
 
+@pytest.mark.skipif(not (DATA / "mnist" / "MNIST" / "raw").is_dir(), reason="no MNIST copy")
+def test_mnist_tolerance_sweep(tmp_path):
+    from recipes import mnist
+
+    mnist.main(["--model", "sonode", "--epochs", "1", "--subset", "8", "--batch-size", "8", "--max-batches", "1",
+                "--tolerances", "1e-2", "1e-4", "--out", str(tmp_path), "--device", "cpu", "--no-download"])
+    rows = _common.read_csv(tmp_path / "tolerance_sweep.csv")
+    assert [(r["tolerance"], r["model"]) for r in rows] == [(1e-2, "sonode"), (1e-4, "sonode")]
+    assert rows[1]["forward_nfe"] > rows[0]["forward_nfe"]  # a tighter tolerance takes more steps
+    cfg = json.loads((tmp_path / "tol_0.0001" / "sonode" / "summary.json").read_text())["config"]
+    assert cfg["rtol"] == cfg["atol"] == 1e-4
+    assert (tmp_path / "tolerance_sweep.png").stat().st_size > 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Rosenbrock and Beale (App. E.6)
 # ---------------------------------------------------------------------------------------------------------------
