@@ -226,8 +226,9 @@ class ODERNNForecaster(BaseEstimator):
             last observations read before forecasting (reading a long history step by step is slow).
         horizon: target stamps after each training window (default ``min(context_length, n_max // 3)``, where
             ``n_max`` is the number of stamps of the longest training series). Forecasts may go further.
-        window_stride: stamps between training windows (default 1, or more so that an epoch has at most 1024
-            windows).
+        window_stride: stamps between the starts of training windows.
+        windows_per_epoch: windows drawn at random (without replacement) for each epoch when there are more; bounds
+            the cost of an epoch on long series (``None``: all windows every epoch).
         batch_size: windows per gradient step.
         max_epochs: passes over the training windows.
         lr: Adam learning rate.
@@ -266,9 +267,10 @@ class ODERNNForecaster(BaseEstimator):
             values (NaN ignored), applied after detrending.
         trend_ (np.ndarray or None): (2, n_features) intercept and slope per model time unit when ``detrend``.
         context_length_, horizon_, window_stride_ (int): windowing actually used.
-        n_windows_ (int): training windows per epoch.
+        n_windows_ (int): training windows (an epoch uses ``min(n_windows_, windows_per_epoch)`` of them).
         n_epochs_ (int): epochs run.
-        history_ (pd.DataFrame): one row per epoch: ``train_loss``, ``val_loss`` (NaN without early stopping),
+        history_ (pd.DataFrame): one row per epoch: ``steps`` (gradient steps), ``train_loss`` (mean over the
+            epoch's steps), ``val_loss`` (NaN without early stopping),
             ``nfe_forward``, ``nfe_backward`` (mean NFE per gradient step), ``seconds``.
         nfe_forward_, nfe_backward_ (float): mean vector-field evaluations per gradient step in the last epoch,
             forward solves and backward pass (see :func:`odernn.nfe_counter`).
@@ -286,7 +288,8 @@ class ODERNNForecaster(BaseEstimator):
 
     def __init__(self, dynamics: str = "hbnode", *, hidden_size: int = 16, ode_width: Optional[int] = None,
                  dynamics_kwargs: Optional[dict] = None, context_length: int = 24, horizon: Optional[int] = None,
-                 window_stride: Optional[int] = None, batch_size: int = 8, max_epochs: int = 40,
+                 window_stride: int = 1, windows_per_epoch: Optional[int] = 96, batch_size: int = 8,
+                 max_epochs: int = 40,
                  lr: float = 1e-2, lr_schedule: str = "cosine", weight_decay: float = 0.0,
                  grad_clip: Optional[float] = 1.0, time_unit: Any = None,
                  detrend: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
@@ -301,6 +304,7 @@ class ODERNNForecaster(BaseEstimator):
         self.context_length = context_length
         self.horizon = horizon
         self.window_stride = window_stride
+        self.windows_per_epoch = windows_per_epoch
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.lr = lr
@@ -338,7 +342,8 @@ class ODERNNForecaster(BaseEstimator):
         positive_int("ode_width", allow_none=True)
         positive_int("context_length", low=2)
         positive_int("horizon", allow_none=True)
-        positive_int("window_stride", allow_none=True)
+        positive_int("window_stride")
+        positive_int("windows_per_epoch", allow_none=True)
         positive_int("batch_size")
         positive_int("max_epochs")
         positive_int("n_iter_no_change")
@@ -557,11 +562,10 @@ class ODERNNForecaster(BaseEstimator):
         self.context_length_, self.horizon_ = L, H
         ds_train = IrregularSeriesDataset(train_t, z_train, feature_names=[str(c) for c in columns],
                                           dtype=torch.float64)
-        n_possible = int(sum(max(0, n - L - H + 1) for n in lengths))
-        stride = int(self.window_stride) if self.window_stride is not None else max(1, math.ceil(n_possible / 1024))
-        self.window_stride_ = stride
-        windows = ds_train.windows(L, stride=stride, horizon=H, skip_short=True)
+        self.window_stride_ = int(self.window_stride)
+        windows = ds_train.windows(L, stride=self.window_stride_, horizon=H, skip_short=True)
         self.n_windows_ = len(windows)
+        per_epoch = len(windows) if self.windows_per_epoch is None else min(len(windows), int(self.windows_per_epoch))
 
         # validation batch: condition on the context before the held-out part, forecast the held-out stamps
         val_items = []
@@ -583,7 +587,7 @@ class ODERNNForecaster(BaseEstimator):
         model = model.to(device)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
-        steps_per_epoch = math.ceil(len(windows) / int(self.batch_size))
+        steps_per_epoch = math.ceil(per_epoch / int(self.batch_size))
         total_steps = max(1, steps_per_epoch * int(self.max_epochs))
         if self.lr_schedule == "cosine":
             sched = torch.optim.lr_scheduler.LambdaLR(
@@ -599,7 +603,7 @@ class ODERNNForecaster(BaseEstimator):
             for epoch in range(int(self.max_epochs)):
                 t_epoch = time.perf_counter()
                 model.train()
-                order = torch.randperm(len(windows), generator=gen).tolist()
+                order = torch.randperm(len(windows), generator=gen)[:per_epoch].tolist()
                 losses, nfe_f, nfe_b = [], [], []
                 for b in range(0, len(order), int(self.batch_size)):
                     batch = collate_irregular([windows[k] for k in order[b:b + int(self.batch_size)]])
@@ -619,7 +623,7 @@ class ODERNNForecaster(BaseEstimator):
                 val_loss = math.nan
                 if val_items:
                     val_loss = self._val_loss(model, val_items, device)
-                row = dict(epoch=epoch + 1, train_loss=float(np.mean(losses)), val_loss=val_loss,
+                row = dict(epoch=epoch + 1, steps=len(losses), train_loss=float(np.mean(losses)), val_loss=val_loss,
                            nfe_forward=float(np.mean(nfe_f)), nfe_backward=float(np.mean(nfe_b)),
                            seconds=time.perf_counter() - t_epoch)
                 rows.append(row)
@@ -642,7 +646,7 @@ class ODERNNForecaster(BaseEstimator):
             model.load_state_dict(best_state)
         model.eval()
         self.model_ = model
-        self.history_ = pd.DataFrame(rows, columns=["epoch", "train_loss", "val_loss", "nfe_forward",
+        self.history_ = pd.DataFrame(rows, columns=["epoch", "steps", "train_loss", "val_loss", "nfe_forward",
                                                     "nfe_backward", "seconds"])
         self.n_epochs_ = len(rows)
         self.nfe_forward_ = float(rows[-1]["nfe_forward"]) if rows else 0.0
