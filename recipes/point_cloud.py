@@ -39,7 +39,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import math
 from pathlib import Path
