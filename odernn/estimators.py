@@ -32,10 +32,10 @@ from sklearn.utils import check_random_state
 from torch import Tensor
 
 from ._dynamics import check_name, net_input_size, net_output_size
-from ._integrate import FIXED_METHODS as _FIXED_METHODS, METHODS as _METHODS
+from ._integrate import FIXED_METHODS as _FIXED_METHODS, METHODS as _METHODS, SolverError
 from ._nfe import nfe_counter
 from ._odernn import MLP, ODERNN
-from .data._series import IrregularSeriesDataset, TimeEncoder, collate_irregular
+from .data import IrregularSeriesDataset, TimeEncoder, collate_irregular
 
 __all__ = ["ODERNNForecaster"]
 
@@ -419,11 +419,6 @@ class ODERNNForecaster(BaseEstimator):
             return self._encoder_.to_float(index)
         return (np.asarray(index, dtype=np.float64) - self.time_origin_) / self.time_unit_
 
-    def _model_time_to_index(self, t: np.ndarray) -> pd.Index:
-        if self.index_kind_ == "datetime":
-            return self._encoder_.to_datetime(t)
-        return pd.Index(np.asarray(t, dtype=np.float64) * self.time_unit_ + self.time_origin_)
-
     def _transform(self, t: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Raw values (n, F) at model times t (n,) to standardised (detrended) values; NaN kept."""
         if self.trend_ is not None:
@@ -453,10 +448,11 @@ class ODERNNForecaster(BaseEstimator):
                 both, or a column is not numeric.
             ValueError: unsorted, duplicate or missing stamps, a column with no observed value, mismatched columns,
                 too few observations, or invalid parameters.
-            odernn.SolverError: when the ODE cannot be solved during training (lower ``lr`` or loosen tolerances).
+            odernn.SolverError: when training diverges (a solve blows up or the loss is not finite); lower ``lr``.
         """
         start_time = time.perf_counter()
         self._validate_params()
+        self.__dict__.pop("model_", None)  # a failed refit leaves the estimator unfitted, not half-updated
         frames, layout = _as_frames(y)
         kind, columns = _read_frames(frames)
         origin = None
@@ -608,10 +604,16 @@ class ODERNNForecaster(BaseEstimator):
                 for b in range(0, len(order), int(self.batch_size)):
                     batch = collate_irregular([windows[k] for k in order[b:b + int(self.batch_size)]])
                     x, t, m, yy, ty, my = self._to_device(batch, device)
-                    with nfe_counter(model) as nfe:
-                        loss = _window_loss(model, x, t, m, yy, ty, my)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
+                    try:
+                        with nfe_counter(model) as nfe:
+                            loss = _window_loss(model, x, t, m, yy, ty, my)
+                            if not torch.isfinite(loss):
+                                raise SolverError("the training loss is not finite")
+                            opt.zero_grad(set_to_none=True)
+                            loss.backward()
+                    except SolverError as e:
+                        raise SolverError(f"training diverged in epoch {epoch + 1}: {e}. Lower lr, keep grad_clip, "
+                                          f"or use an adaptive method (method='dopri5')") from e
                     if self.grad_clip is not None:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), float(self.grad_clip))
                     opt.step()
@@ -746,7 +748,7 @@ class ODERNNForecaster(BaseEstimator):
         tags.requires_fit = True
         tags.target_tags.required = True  # fit learns from the series y
         tags.input_tags.allow_nan = True  # NaN marks a value that was not observed
-        tags.non_deterministic = self.device != "cpu"  # CUDA kernels are not bit-reproducible
+        tags.non_deterministic = str(self.device).split(":")[0] != "cpu"  # CUDA kernels are not bit-reproducible
         return tags
 
     def __sklearn_is_fitted__(self) -> bool:

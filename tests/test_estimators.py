@@ -134,6 +134,30 @@ def test_unfitted_save_load_keeps_params(tmp_path):
         back.predict([1])
 
 
+def test_failed_refit_leaves_estimator_unfitted():
+    est = ODERNNForecaster(**TINY).fit(small_frame(n=20))
+    with pytest.raises(ValueError, match="duplicate"):
+        est.fit(pd.concat([small_frame(n=20).iloc[:5], small_frame(n=20).iloc[4:]]))
+    with pytest.raises(NotFittedError):
+        est.predict([1])
+
+
+def test_diverging_training_raises_solver_error(monkeypatch):
+    import odernn.estimators as est_mod
+
+    real = est_mod._window_loss
+    calls = []
+
+    def nan_on_second_step(*args):
+        calls.append(1)
+        loss = real(*args)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(est_mod, "_window_loss", nan_on_second_step)
+    with pytest.raises(odernn.SolverError, match="training diverged in epoch 1: the training loss is not finite"):
+        ODERNNForecaster(**{**TINY, "batch_size": 4}).fit(small_frame(n=30))
+
+
 def test_fit_returns_self_and_keeps_params(fitted):
     est, df = fitted
     before = est.get_params()
