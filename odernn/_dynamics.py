@@ -12,6 +12,7 @@ and a ``(batch,)`` tensor when each sample has its own time (inside :class:`oder
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Callable, Optional
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 __all__ = ["Dynamics", "NODE", "ANODE", "SONODE", "HBNODE", "GHBNODE", "DYNAMICS", "make_dynamics"]
 
 
-class Dynamics(nn.Module):
+class Dynamics(nn.Module, abc.ABC):
     """Base class of an ODE right-hand side over a (possibly multi-copy) state.
 
     Subclasses set ``order`` (the number ``d`` of state copies: 1 for first-order models, 2 for [h, m] or [h, v])
@@ -77,8 +78,9 @@ class Dynamics(nn.Module):
             raise ValueError(f"{type(self).__name__} needs a state with an even size along dim 1 ([h, m]); got {n}")
         return z.split(n // 2, dim=1)
 
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        """``dz/dt`` at time ``t`` and state ``z`` (batch, state, ...), with the shape of ``z``."""
 
 
 class NODE(Dynamics):

@@ -133,3 +133,17 @@ def test_adjoint_equals_direct_backprop(name):
         grads.append(torch.autograd.grad(loss, [z0, *dyn.parameters()]))
     for a, b in zip(*grads):
         assert (a - b).norm() <= 1e-4 * b.norm().clamp_min(1e-12), name
+
+
+def test_dynamics_base_class_is_abstract():
+    with pytest.raises(TypeError, match="abstract"):
+        odernn.Dynamics(_net(2, 2))
+
+    class Decay(odernn.Dynamics):
+        def forward(self, t, z):
+            return -self._f(t, z)
+
+    out = odernn.odesolve(Decay(nn.Identity()), torch.ones(1, 2, dtype=torch.float64),
+                          torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out[0, -1], torch.full((2,), float(torch.exp(torch.tensor(-1.0))), dtype=torch.float64),
+                               rtol=1e-8, atol=1e-8)

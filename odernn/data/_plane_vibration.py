@@ -30,10 +30,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ._csv import read_columns
 from ._irregular import drop_stamps
+from ._normalized import NormalizedDataset
 from ._root import ensure_dataset
 
 __all__ = ["PlaneVibration", "plane_vibration"]
@@ -92,7 +92,7 @@ def _protocol(path: str, size: int, mtime_ns: int) -> _Protocol:
     return _Protocol(data, stamps, segments)
 
 
-class PlaneVibration(Dataset):
+class PlaneVibration(NormalizedDataset):
     """Plane-vibration segments of one split (see the module docstring for the protocol).
 
     For segment ``k`` with kept stamps ``s_0 < s_1 < ... < s_64`` (sample indices into the 400 Hz file) the item
@@ -147,14 +147,6 @@ class PlaneVibration(Dataset):
             "y_future": torch.from_numpy(self._values[future]),
             "t_future": torch.from_numpy(future.astype(np.float32)),
         }
-
-    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation on values of shape ``(..., 5)``; identity when ``normalize=False``."""
-        if not self.normalize:
-            return values
-        mean = torch.as_tensor(self.mean, dtype=values.dtype, device=values.device)
-        std = torch.as_tensor(self.std, dtype=values.dtype, device=values.device)
-        return values * std + mean
 
     def __repr__(self) -> str:
         return f"PlaneVibration(split={self.split!r}, segments={len(self)}, normalize={self.normalize})"

@@ -28,9 +28,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ._irregular import drop_stamps
+from ._normalized import NormalizedDataset
 from ._root import ensure_dataset
 
 __all__ = ["Walker2d", "walker2d"]
@@ -92,7 +92,7 @@ def _protocol(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> dict[str,
     return out
 
 
-class Walker2d(Dataset):
+class Walker2d(NormalizedDataset):
     """Walker2D windows of one split under the ODE-LSTM protocol (see the module docstring).
 
     Item ``k`` is a dict:
@@ -141,14 +141,6 @@ class Walker2d(Dataset):
             "dt": torch.from_numpy(np.array(dt, dtype=np.float32)),
             "y": torch.from_numpy(np.array(y, dtype=np.float32)),
         }
-
-    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
-        """Undo ``normalize=True`` on values of shape ``(..., 17)``; identity when ``normalize=False``."""
-        if not self.normalize:
-            return values
-        mean = torch.as_tensor(self.mean, dtype=values.dtype, device=values.device)
-        std = torch.as_tensor(self.std, dtype=values.dtype, device=values.device)
-        return values * std + mean
 
     def __repr__(self) -> str:
         return f"Walker2d(split={self.split!r}, windows={len(self)}, rollouts={len(self.files)})"
