@@ -148,8 +148,8 @@ class _Field(nn.Module):
     backpropagation every evaluation is a forward one and a hook on its output counts its backward pass.
     """
 
-    def __init__(self, dynamics: Dynamics, adjoint: bool, max_evals: int,
-                 t0: Optional[Tensor] = None, dt: Optional[Tensor] = None, adaptive: bool = False) -> None:
+    def __init__(self, dynamics: Dynamics, adjoint: bool, max_evals: int, t0: Optional[Tensor] = None,
+                 dt: Optional[Tensor] = None, adaptive: bool = False, state_dim: int = 2) -> None:
         super().__init__()
         self.dynamics = dynamics
         self.adjoint = adjoint
@@ -160,7 +160,8 @@ class _Field(nn.Module):
         self.dt = dt
         # The built-in dynamics read t only through a time-dependent net: skip forming t = t0 + s * dt otherwise.
         self.needs_time = dynamics.time_dependent or type(dynamics).forward not in _BUILTIN_FORWARDS
-        self.scale: Optional[Tensor] = None
+        # dt broadcast over the state's non-batch dimensions
+        self.scale = None if dt is None else dt.reshape((-1,) + (1,) * (state_dim - 1))
         self.last_step: Optional[Tensor] = None
         if adaptive:
             # torchdiffeq calls this after each accepted forward step; fixed-grid solvers would warn about it
@@ -168,10 +169,6 @@ class _Field(nn.Module):
 
     def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.last_step = dt
-
-    def set_scale(self, z_dim: int) -> None:
-        if self.dt is not None:
-            self.scale = self.dt.reshape((-1,) + (1,) * (z_dim - 1))
 
     def forward(self, s: Tensor, z: Tensor) -> Tensor:
         if self.dt is None:
@@ -362,8 +359,7 @@ def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: Solv
         (``None`` for fixed-grid methods), to warm-start the next solve.
     """
     adaptive = cfg.method in ADAPTIVE_METHODS
-    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt, adaptive=adaptive)
-    field.set_scale(z0.dim())
+    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt, adaptive=adaptive, state_dim=z0.dim())
     span = None
     s_first = None
     if adaptive:
