@@ -268,17 +268,21 @@ class ODERNN(nn.Module):
         return self._readout(h)
 
     def forecast(self, x: Tensor, t: Tensor, t_future: Tensor, mask: Optional[Tensor] = None,
-                 t0: Optional[Tensor] = None, *, return_outputs: bool = False):
+                 t0: Optional[Tensor] = None, *, return_outputs: bool = False, return_priors: bool = False):
         """Condition on the observations, then continue the ODE (no cell updates) to future times.
 
         Args:
             x, t, mask, t0: as in :meth:`forward`.
             t_future: (B, F) (or (F,) shared) strictly increasing times, each after the sample's last active
                 observation.
-            return_outputs: also return the in-sample outputs of :meth:`forward`.
+            return_outputs: also return the in-sample outputs of :meth:`forward` (read after each update).
+            return_priors: also return the one-step-ahead predictions: the readout of the state arriving at each
+                observation *before* the cell sees it (entry ``i`` predicts observation ``i`` from observations
+                ``< i``; entry 0 reads the initial state).
 
         Returns:
-            (B, F, output_size), or ``(outputs (B, T, output_size), forecast (B, F, output_size))``.
+            (B, F, output_size) alone, or a tuple ``(outputs, priors, forecast)`` holding only the parts asked for,
+            in that order; ``outputs`` and ``priors`` are (B, T, output_size).
         """
         x, t, mask, t0 = self._check(x, t, mask, t0)
         B = x.shape[0]
@@ -294,7 +298,8 @@ class ODERNN(nn.Module):
         if t_future.shape[1] > 1 and not (t_future.diff(dim=1) > 0).all():
             raise ValueError("t_future must be strictly increasing per sample")
         steps: list = []
-        h, z, t_last = self._encode(x, t, mask, t0, step_out=steps)
+        record: Optional[list] = [] if return_priors else None
+        h, z, t_last = self._encode(x, t, mask, t0, record=record, step_out=steps)
         step = steps[0]
         if not (t_future[:, 0] > t_last).all():
             raise ValueError("t_future must lie after each sample's last observed time")
@@ -305,4 +310,9 @@ class ODERNN(nn.Module):
             t_last = tj
             future.append(self.dynamics.hidden(z))
         fut = self._readout(torch.stack(future, dim=1))
-        return (self._readout(h), fut) if return_outputs else fut
+        parts = []
+        if return_outputs:
+            parts.append(self._readout(h))
+        if return_priors:
+            parts.append(self._readout(torch.stack([self.dynamics.hidden(zi) for zi in record], dim=1)))
+        return tuple(parts) + (fut,) if parts else fut

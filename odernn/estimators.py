@@ -1007,24 +1007,11 @@ def _masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 def _window_loss(model: ODERNN, x: Tensor, t: Tensor, m: Tensor, y: Tensor, ty: Tensor, my: Tensor) -> Tensor:
     """One-step (teacher-forced) error inside the window plus the multi-step forecast error after it.
 
-    Uses the ODE-RNN's recurrence hook ``_encode(..., record=...)``, which yields the state just before each
-    observation, so one pass over the window gives every one-step prediction and the state to forecast from.
+    One pass of :meth:`odernn.ODERNN.forecast` gives both: the one-step-ahead predictions (the readout of the state
+    arriving at each observation, before the cell sees it) and the forecast at the window's future stamps.
     """
-    x, t, m, _ = model._check(x, t, m, None)
-    record: list = []
-    steps: list = []
-    _, z, t_last = model._encode(x, t, m, None, record=record, step_out=steps)
-    step = steps[0]  # last accepted step size: warm-starts the forecast's first solve
-    dyn = model.dynamics
-    pre = torch.stack([dyn.hidden(zi) for zi in record[1:]], dim=1)  # (B, L-1, H): states before obs 1..L-1
-    one_step = _masked_mse(model._readout(pre), x[:, 1:], m[:, 1:])
-    future = []
-    for j in range(ty.shape[1]):
-        tj = ty[:, j]
-        z, step = model._evolve(z, t_last, tj - t_last, step)
-        t_last = tj
-        future.append(dyn.hidden(z))
-    fc = model._readout(torch.stack(future, dim=1))  # (B, H, k)
+    priors, fc = model.forecast(x, t, ty, m, return_priors=True)  # (B, L, k), (B, H, k)
+    one_step = _masked_mse(priors[:, 1:], torch.nan_to_num(x[:, 1:]), m[:, 1:])
     return one_step + _masked_mse(fc, y, my)
 
 

@@ -285,3 +285,18 @@ def test_step_size_norms_are_not_differentiated():
     x = torch.zeros(3, 4, requires_grad=True)
     for norm in _NORMS.values():
         assert not norm(x * 1.0).requires_grad
+
+
+def test_forecast_returns_one_step_priors():
+    """priors[:, i] is the readout of the state evolved to t_i before the cell folds x_i in."""
+    x, t = irregular_batch(B=2, T=4)
+    m = model("hbnode", tol=1e-10)
+    tf = t[:, -1:] + 0.5
+    with torch.no_grad():
+        out, priors, fut = m.forecast(x, t, tf, return_outputs=True, return_priors=True)
+        fut_prefix = m.forecast(x[:, :2], t[:, :2], t[:, 2:3])  # state after obs 0..1, evolved to t_2
+        alone = m.forecast(x, t, tf)
+    assert priors.shape == out.shape == (2, 4, 2)
+    torch.testing.assert_close(priors[:, 2:3], fut_prefix, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(fut, alone)
+    torch.testing.assert_close(priors[:, 0], m.readout(torch.zeros(2, 3, dtype=x.dtype)))
