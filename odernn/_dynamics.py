@@ -13,7 +13,6 @@ and a ``(batch,)`` tensor when each sample has its own time (inside :class:`oder
 from __future__ import annotations
 
 import abc
-import math
 from typing import Callable, Optional
 
 import torch
@@ -136,14 +135,6 @@ class SONODE(Dynamics):
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         h, v = self._split(z)
         return torch.cat([v, self._f(t, z)], dim=1)
-
-
-def _inverse_sigmoid(y: float) -> float:
-    return math.log(y / (1.0 - y))
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class HBNODE(Dynamics):

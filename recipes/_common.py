@@ -81,6 +81,24 @@ _DEFAULTS = dict(epochs=500, max_batches=None, max_eval_batches=None, batch_size
                  resume=False, threads=None, workers=0)
 
 
+def add_hybrid_flags(p: argparse.ArgumentParser, *, xi0: float, xi0_help: str) -> argparse.ArgumentParser:
+    """Flags shared by the ODE-RNN hybrid recipes: ``--grad-clip``, ``--xi0`` and ``--data-root``."""
+    p.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the parameter-gradient norm after backward (official code: 1.0); 0 disables")
+    p.add_argument("--xi0", type=float, default=xi0, help=xi0_help)
+    p.add_argument("--data-root", default=None, help="data root (default $ODERNN_DATA or the user cache)")
+    return p
+
+
+def xi_kwargs(name: str, xi0: float) -> dict:
+    """GHBNODE's ``chi`` for an initial ``xi = softplus(chi) = xi0`` (other models: nothing)."""
+    if name != "ghbnode":
+        return {}
+    if not xi0 > 0:
+        raise ValueError(f"--xi0 must be positive (xi = softplus(chi) > 0), got {xi0!r}")
+    return {"chi": xi0 + math.log(-math.expm1(-xi0))}
+
+
 def base_parser(description: str, *, models: Sequence[str], defaults: Optional[Mapping[str, Any]] = None,
                 prog: Optional[str] = None) -> argparse.ArgumentParser:
     """An argument parser with the flags every recipe shares; add recipe-specific flags to the returned parser.

@@ -40,7 +40,6 @@ loss with 5x the NFEs of the other models).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any, Optional, Sequence
 
@@ -142,7 +141,7 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
     """The ODE-RNN hybrid ``name`` of Table 4 (see the module docstring)."""
     a = ARCH[name]
     n, p = a["n"], a["augment"]
-    dyn = odernn.make_dynamics(name, _ode_net(name, a), augment_dim=p, **_xi_kwargs(name, xi0))
+    dyn = odernn.make_dynamics(name, _ode_net(name, a), augment_dim=p, **_common.xi_kwargs(name, xi0))
     state = dyn.state_size(n)
     copies = 1 if name in ("node", "anode") else 2
     cell = ResidualCell(K, state // copies, copies)
@@ -157,15 +156,6 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
                     m.weight.mul_(init_scale)
                     m.bias.mul_(init_scale)
     return model
-
-
-def _xi_kwargs(name: str, xi0: float) -> dict:
-    """GHBNODE's ``chi`` for an initial ``xi = softplus(chi) = xi0`` (other models: nothing)."""
-    if name != "ghbnode":
-        return {}
-    if not xi0 > 0:
-        raise ValueError(f"--xi0 must be positive (xi = softplus(chi) > 0), got {xi0!r}")
-    return {"chi": xi0 + math.log(-math.expm1(-xi0))}
 
 
 def build_model(name: str, args: argparse.Namespace) -> Forecaster:
@@ -229,16 +219,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--model all trains the paper's five models; ncde is the Neural CDE baseline.",
         models=MODELS, prog="python -m recipes.plane_vibration",
         defaults=dict(batch_size=64, lr=1e-4, epochs=500, rtol=1e-7, atol=1e-7, out="runs/plane_vibration"))
-    p.add_argument("--grad-clip", type=float, default=1.0,
-                   help="clip the parameter-gradient norm after backward (official code: 1.0); 0 disables")
     p.add_argument("--init-scale", type=float, default=0.01,
                    help="scale every dense layer of the ODE-RNN hybrids at initialisation (official code: 0.01)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply times (in samples of the 400 Hz record) by this factor")
-    p.add_argument("--xi0", type=float, default=XI0,
-                   help="initial xi of GHBNODE (xi = softplus(chi), learned); the official code starts its xi h term at 0, and the paper's chi = 0 (xi = ln 2) stalls training at this time scale")
-    p.add_argument("--data-root", default=None, help="data root (default $ODERNN_DATA or the user cache)")
-    return p
+    return _common.add_hybrid_flags(
+        p, xi0=XI0, xi0_help="initial xi of GHBNODE (xi = softplus(chi), learned); the official code starts its xi h "
+                             "term at 0, and the paper's chi = 0 (xi = ln 2) stalls training at this time scale")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:

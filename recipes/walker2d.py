@@ -124,7 +124,7 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
     a = ARCH[name]
     n, p = a["n"], a["augment"]
     n_in = {"sonode": 2 * n, "anode": n + p}.get(name, n)
-    dyn = odernn.make_dynamics(name, nn.Linear(n_in, n + p), augment_dim=p, **_xi_kwargs(name, xi0))
+    dyn = odernn.make_dynamics(name, nn.Linear(n_in, n + p), augment_dim=p, **_common.xi_kwargs(name, xi0))
     state = dyn.state_size(n)
     cell = MLPCell(K, state, a["h1"], a["h2"], residual=a["residual"])
     readout = nn.Linear(n + p if name in ("node", "anode") else n, K)
@@ -135,15 +135,6 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
 
 def _ncde_width() -> int:
     return ncde_width_for(TABLE4_PARAMS["hbnode"], input_size=K, hidden_size=NCDE_HIDDEN, output_size=K)
-
-
-def _xi_kwargs(name: str, xi0: float) -> dict:
-    """GHBNODE's ``chi`` for an initial ``xi = softplus(chi) = xi0`` (other models: nothing)."""
-    if name != "ghbnode":
-        return {}
-    if not xi0 > 0:
-        raise ValueError(f"--xi0 must be positive (xi = softplus(chi) > 0), got {xi0!r}")
-    return {"chi": xi0 + math.log(-math.expm1(-xi0))}
 
 
 def build_model(name: str, args: argparse.Namespace) -> StepPredictor:
@@ -193,14 +184,10 @@ def make_parser() -> argparse.ArgumentParser:
         "kinematics. --model all trains the paper's five models; ncde is the Neural CDE baseline.",
         models=MODELS, prog="python -m recipes.walker2d",
         defaults=dict(batch_size=256, lr=3e-3, epochs=500, rtol=1e-7, atol=1e-7, out="runs/walker2d"))
-    p.add_argument("--grad-clip", type=float, default=1.0,
-                   help="clip the parameter-gradient norm after backward (official code: 1.0); 0 disables")
     p.add_argument("--time-scale", type=float, default=1 / 64,
                    help="multiply times (in raw simulation steps) by this factor (official code: 1/64)")
-    p.add_argument("--xi0", type=float, default=XI0,
-                   help="initial xi of GHBNODE (xi = softplus(chi), learned); default ln 2, the paper's chi = 0")
-    p.add_argument("--data-root", default=None, help="data root (default $ODERNN_DATA or the user cache)")
-    return p
+    return _common.add_hybrid_flags(
+        p, xi0=XI0, xi0_help="initial xi of GHBNODE (xi = softplus(chi), learned); default ln 2, the paper's chi = 0")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:

@@ -12,8 +12,6 @@ from torch import nn
 import odernn
 from odernn import diagnostics
 
-torch.set_num_threads(1)
-
 B, T, K, H, O = 4, 6, 3, 4, 2
 
 

@@ -24,14 +24,6 @@ TINY = dict(hidden_size=4, context_length=8, horizon=4, max_epochs=1, batch_size
             random_state=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def seasonal_frame(seed=0, years=4, drop=0.15, trend=0.5, amp=1.0, noise=0.1, level=10.0):
     """Weekly stamps over ``years`` years, ``drop`` of them removed, the rest jittered by up to a day;
     y = level + trend * years + amp * sin(2 pi years) + noise."""
@@ -58,7 +50,6 @@ def small_frame(n=40, seed=0, columns=("a", "b")):
 
 @pytest.fixture(scope="module")
 def fitted():
-    torch.set_num_threads(1)
     df = small_frame()
     return ODERNNForecaster(**TINY).fit(df), df
 

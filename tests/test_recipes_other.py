@@ -17,14 +17,6 @@ from recipes import _common, _vision, point_cloud, rosenbrock_beale, silverbox_i
 DATA = Path(os.environ.get("ODERNN_DATA", "/nonexistent"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Table 3 sizes
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,7 +226,6 @@ def test_closed_form_gradients_match_autograd(name):
 @pytest.fixture(scope="module")
 def flows():
     """Both ODEs on both functions; Rosenbrock over t in [0, 2] (twice the paper's horizon), Beale over [0, 2]."""
-    torch.set_num_threads(1)
     out = {}
     for name, factor in (("rosenbrock", 2.0), ("beale", 1.0)):
         pb = rosenbrock_beale.PROBLEMS[name]
