@@ -8,7 +8,8 @@ diagnostics (:mod:`odernn.diagnostics`) and the scikit-learn style :class:`ODERN
 
 from ._clip import clip_adjoint
 from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics, make_dynamics
-from ._integrate import ODEBlock, SolverConfig, SolverError, odesolve
+from ._integrate import ODEBlock, SolverError, odesolve
+from ._solver import Solver, SolverConfig
 from ._nfe import NFECount, nfe_counter
 from ._odernn import MLP, ODERNN
 
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANODE", "GHBNODE", "HBNODE", "NODE", "SONODE", "Dynamics", "make_dynamics",
-    "ODEBlock", "SolverConfig", "SolverError", "odesolve",
+    "ODEBlock", "Solver", "SolverConfig", "SolverError", "odesolve",
     "NFECount", "nfe_counter", "clip_adjoint",
     "MLP", "ODERNN",
     "ODERNNForecaster",

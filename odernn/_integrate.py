@@ -12,7 +12,6 @@ Two entry points:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Optional
 
@@ -23,118 +22,36 @@ import torchdiffeq
 from ._errors import SolverError
 from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics
 from ._lean_dopri5 import LEAN_DOPRI5
+from ._solver import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, Solver, SolverConfig
 
 __all__ = ["SolverConfig", "SolverError", "odesolve", "ODEBlock", "solve_gaps"]
 
-ADAPTIVE_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"})
-FIXED_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
-                           "fixed_adams"})
-METHODS = ADAPTIVE_METHODS | FIXED_METHODS
+def _odeint_kwargs(cfg: Solver, first_step: Optional[float] = None, *, in_gaps: bool = False) -> dict:
+    """Keyword arguments for ``torchdiffeq.odeint`` / ``odeint_adjoint`` (fresh dicts: torchdiffeq mutates them).
 
-
-@torch.no_grad()
-def _sample_rms_max(x: Tensor) -> Tensor:
-    """Max over the batch (dim 0) of each sample's RMS: step control driven by the worst sample, so a sample's
-    accuracy does not depend on what else is in the batch.
-
-    Norms only steer step sizes, so they are never differentiated (a differentiated sqrt at 0, e.g. a sample with a
-    zero gap, would turn direct-backpropagation gradients into NaN)."""
-    if x.dim() < 2:
-        return x.abs().max() if x.numel() else x.new_zeros(())
-    return x.reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt().max()
-
-
-@torch.no_grad()
-def _rms(x: Tensor) -> Tensor:
-    return x.pow(2).mean().sqrt()
-
-
-_NORMS = {"sample": _sample_rms_max, "rms": _rms}
-
-
-@dataclasses.dataclass(frozen=True)
-class SolverConfig:
-    """Validated solver settings, normalised once at construction.
-
-    Args:
-        method: any torchdiffeq method (``"dopri5"`` default).
-        rtol, atol: tolerances of adaptive methods.
-        adjoint: differentiate with the adjoint method (``True``) or by direct backpropagation through the solver.
-        seminorm: use the seminorm on the adjoint solve (Kidger et al. 2021): the parameter-gradient channels do not
-            take part in step-size control. Only used with ``adjoint=True``.
-        norm: ``"sample"`` (max over the batch of per-sample RMS, the default: results do not depend on how a batch is
-            composed) or ``"rms"`` (torchdiffeq's RMS over all elements).
-        max_steps: most steps of one adaptive solve; more raises :class:`SolverError`. For every method, a solve
-            that evaluates the vector field more than ``20 * max_steps`` times also raises.
-        step_size: step of fixed-grid methods (in the solve's own time: ``s in [0, 1]`` inside an ODE-RNN).
-        options: further torchdiffeq options.
-        lean: for ``method="dopri5"``, use :class:`odernn._lean_dopri5.LeanDopri5`, a torchdiffeq solver subclass
-            with the same tableau, controller, steps and results as torchdiffeq's dopri5 but far less per-step
-            overhead (both in the forward and the adjoint solve). ``False`` uses torchdiffeq's own step.
-    """
-
-    method: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-4
-    adjoint: bool = True
-    seminorm: bool = True
-    norm: str = "sample"
-    max_steps: int = 10_000
-    step_size: Optional[float] = None
-    options: tuple = ()
-    lean: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown solver method {self.method!r}; expected one of {sorted(METHODS)}")
-        for name in ("rtol", "atol"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
-        if self.norm not in _NORMS:
-            raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {self.norm!r}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
-        if self.method in FIXED_METHODS and self.step_size is None and "grid_constructor" not in dict(self.options):
-            raise ValueError(f"fixed-grid method {self.method!r} needs step_size=...")
-        if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"step_size must be positive, got {self.step_size!r}")
-
-    @classmethod
-    def make(cls, *, options: Optional[dict] = None, **kwargs: Any) -> "SolverConfig":
-        return cls(options=tuple(sorted((options or {}).items())), **kwargs)
-
-    @functools.cached_property
-    def _solver_options(self) -> dict:
-        opts = dict(self.options)
-        opts["norm"] = _NORMS[self.norm]
-        if self.method in ADAPTIVE_METHODS:
-            opts.setdefault("max_num_steps", self.max_steps)
-        else:
-            opts.pop("norm")
-            if self.step_size is not None:
-                opts.setdefault("step_size", self.step_size)
-        return opts
-
-    def odeint_kwargs(self, first_step: Optional[float] = None) -> dict:
-        """Keyword arguments for ``torchdiffeq.odeint`` / ``odeint_adjoint`` (fresh dicts: torchdiffeq mutates them).
-
-        ``first_step`` (adaptive methods only) replaces torchdiffeq's initial-step heuristic in the forward and the
-        adjoint solve."""
-        opts = dict(self._solver_options)
-        if first_step is not None and self.method in ADAPTIVE_METHODS:
+    ``first_step`` (adaptive methods only) replaces torchdiffeq's initial-step heuristic in the forward and the
+    adjoint solve. ``in_gaps``: a time-rescaled ODE-RNN gap, where a fixed step is ``cfg.step_fraction``."""
+    opts = dict(cfg.options)
+    if cfg.adaptive:
+        opts["norm"] = cfg.norm_function
+        opts.setdefault("max_num_steps", cfg.max_steps)
+        if first_step is not None:
             opts["first_step"] = first_step
-        method = LEAN_DOPRI5 if self.lean and self.method == "dopri5" else self.method
-        kw: dict = dict(rtol=self.rtol, atol=self.atol, method=method, options=opts)
-        if self.adjoint:
-            adj = dict(opts)
-            if self.method in ADAPTIVE_METHODS:
-                if self.seminorm:
-                    adj["norm"] = "seminorm"  # torchdiffeq wraps the forward norm and drops the parameter channels
-                else:
-                    del adj["norm"]  # torchdiffeq's default: forward norm on states, mixed norm over parameters
-            kw["adjoint_options"] = adj
-        return kw
+    else:
+        step = cfg.step_fraction if in_gaps else cfg.step_size
+        if step is not None:
+            opts.setdefault("step_size", step)
+    method = LEAN_DOPRI5 if cfg.lean and cfg.method == "dopri5" else cfg.method
+    kw: dict = dict(rtol=cfg.rtol, atol=cfg.atol, method=method, options=opts)
+    if cfg.adjoint:
+        adj = dict(opts)
+        if cfg.adaptive:
+            if cfg.seminorm:
+                adj["norm"] = "seminorm"  # torchdiffeq wraps the forward norm and drops the parameter channels
+            else:
+                del adj["norm"]  # torchdiffeq's default: forward norm on states, mixed norm over parameters
+        kw["adjoint_options"] = adj
+    return kw
 
 
 _BUILTIN_FORWARDS = frozenset(c.forward for c in (NODE, ANODE, SONODE, HBNODE, GHBNODE))
@@ -206,8 +123,9 @@ def _count_backward(counters: tuple, grad: Tensor) -> None:
         c.backward += 1
 
 
-def _run(field: _Field, z0: Tensor, s: Tensor, cfg: SolverConfig, first_step: Optional[float] = None) -> Tensor:
-    kw = cfg.odeint_kwargs(first_step)
+def _run(field: _Field, z0: Tensor, s: Tensor, cfg: Solver, first_step: Optional[float] = None,
+         in_gaps: bool = False) -> Tensor:
+    kw = _odeint_kwargs(cfg, first_step, in_gaps=in_gaps)
     try:
         if cfg.adjoint:
             params = [p for p in field.dynamics.parameters() if p.requires_grad]
@@ -290,6 +208,7 @@ def _odesolve(dynamics: Dynamics, z0: Tensor, t: Tensor, cfg: SolverConfig) -> T
     if not torch.isfinite(z0).all():
         raise ValueError("z0 contains NaN or inf")
     _check_output_shape(dynamics, t[0], z0)
+    cfg.check_fixed_step(in_gaps=False)
     field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps)
     out = _run(field, z0, t, cfg)  # (T, B, ...)
     return out.movedim(0, 1)
@@ -366,6 +285,6 @@ def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: Solv
         span = float(dt.max())
         if first_step is not None:
             s_first = min(1.0, first_step / span)
-    z1 = _run(field, z0, _unit_interval(z0.dtype, z0.device), cfg, s_first)[-1]
+    z1 = _run(field, z0, _unit_interval(z0.dtype, z0.device), cfg, s_first, in_gaps=True)[-1]
     last = None if field.last_step is None or span is None else float(field.last_step) * span
     return z1, last

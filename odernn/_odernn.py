@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from ._clip import clip_adjoint
 from ._dynamics import Dynamics, check_name, make_dynamics, net_input_size, net_output_size
-from ._integrate import SolverConfig, solve_gaps
+from ._integrate import solve_gaps
+from ._solver import Solver, resolve_solver
 
 __all__ = ["ODERNN", "MLP"]
 
@@ -82,13 +83,14 @@ class ODERNN(nn.Module):
     """
 
     def __init__(self, dynamics: Union[str, Dynamics], input_size: int, hidden_size: int, output_size: int, *,
-                 method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-4, adjoint: bool = True,
-                 adjoint_clip: Optional[float] = None, seminorm: bool = True, norm: str = "sample",
-                 max_steps: int = 10_000, step_size: Optional[float] = None, options: Optional[dict] = None,
+                 solver: Optional[Solver] = None, adjoint_clip: Optional[float] = None,
                  net: Optional[nn.Module] = None, ode_width: Optional[int] = None, augment_dim: Optional[int] = None,
                  dynamics_kwargs: Optional[dict] = None, cell: Optional[nn.Module] = None, feed_mask: bool = True,
                  readout: Optional[nn.Module] = None, initial_state: Optional[nn.Module] = None,
-                 warm_start: bool = True, lean: bool = True) -> None:
+                 warm_start: bool = True, method: Optional[str] = None, rtol: Optional[float] = None,
+                 atol: Optional[float] = None, adjoint: Optional[bool] = None, seminorm: Optional[bool] = None,
+                 norm: Optional[str] = None, max_steps: Optional[int] = None, step_size: Optional[float] = None,
+                 options: Optional[dict] = None, lean: Optional[bool] = None) -> None:
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -115,9 +117,12 @@ class ODERNN(nn.Module):
         self.state_size = dyn.state_size(hidden_size)
         self.adjoint_clip = None if adjoint_clip is None else float(adjoint_clip)
         self.feed_mask = bool(feed_mask)
-        self.solver = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm,
-                                        norm=norm, max_steps=max_steps, step_size=step_size, options=options,
-                                        lean=lean)
+        # step_size: the pre-Solver shorthand for a fixed step as a fraction of each gap
+        self.solver = resolve_solver(solver, dict(method=method, rtol=rtol, atol=atol, adjoint=adjoint,
+                                                  seminorm=seminorm, norm=norm, max_steps=max_steps,
+                                                  step_fraction=step_size, options=options, lean=lean),
+                                     where="ODERNN")
+        self.solver.check_fixed_step(in_gaps=True)
         cell_in = 2 * input_size if self.feed_mask else input_size
         self.cell = nn.GRUCell(cell_in, self.state_size) if cell is None else cell
         readout_in = dyn.hidden(torch.zeros(1, self.state_size)).shape[1]

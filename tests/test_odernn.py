@@ -246,7 +246,7 @@ def test_fixed_grid_methods_and_float32():
         out = m(x, t)
         out.sum().backward()
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    with pytest.raises(ValueError, match="needs step_size"):
+    with pytest.raises(ValueError, match="needs step_fraction"):
         odernn.ODERNN("node", 2, 3, 2, method="rk4")
 
 
@@ -281,7 +281,7 @@ def test_zero_gap_samples_give_finite_direct_gradients(method):
 
 
 def test_step_size_norms_are_not_differentiated():
-    from odernn._integrate import _NORMS
+    from odernn._solver import NORMS as _NORMS
     x = torch.zeros(3, 4, requires_grad=True)
     for norm in _NORMS.values():
         assert not norm(x * 1.0).requires_grad
