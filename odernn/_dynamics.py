@@ -272,3 +272,8 @@ def make_dynamics(name: str, net: nn.Module, *, augment_dim: int = 0, **kwargs) 
     if key == "anode":
         return ANODE(net, augment_dim, **kwargs)
     return DYNAMICS[key](net, **kwargs)
+
+
+#: ``forward`` methods of the built-in dynamics, which read ``t`` only through a time-dependent net: solvers skip
+#: forming absolute times for them otherwise.
+BUILTIN_FORWARDS = frozenset(c.forward for c in (NODE, ANODE, SONODE, HBNODE, GHBNODE))

@@ -2,17 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import dataclasses
+import functools
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._clip import clip_adjoint
-from ._dynamics import Dynamics, check_name, make_dynamics, net_input_size, net_output_size
+from ._dynamics import (BUILTIN_FORWARDS, Dynamics, check_name, make_dynamics, net_input_size,
+                        net_output_size)
+from ._fused import Plan, Sequence_, fused_supported, make_plan, run_sequence
 from ._integrate import solve_gaps
 from ._solver import Solver, resolve_solver
 
-__all__ = ["ODERNN", "MLP"]
+__all__ = ["ODERNN", "MLP", "Encoding"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Encoding:
+    """What :meth:`ODERNN.encode` returns: the recurrence run over a batch of irregular sequences.
+
+    Attributes:
+        states: (B, T, S) the whole ODE state after each observation's cell update.
+        prior_states: (B, T, S) the state *arriving* at each observation, before the cell sees it.
+        t_last: (B,) each sample's last active observation time (or its start time if it has none), in the dtype of
+            the given times.
+        step: the last accepted step size in time units (warm start for :meth:`ODERNN.extrapolate`), or ``None``.
+
+    The derived views are computed on first access: ``outputs`` (B, T, output_size), the readout after each update
+    (what ``forward`` returns); ``priors`` (B, T, output_size), the one-step-ahead predictions (entry ``i`` predicts
+    observation ``i`` from the observations before it); ``hidden`` (B, T, H) the hidden part of ``states``;
+    ``state`` (B, S), each sample's final state.
+    """
+
+    states: Tensor
+    prior_states: Tensor
+    t_last: Tensor
+    step: Optional[float]
+    read: Callable[[Tensor], Tensor] = dataclasses.field(repr=False)
+    hidden_of: Callable[[Tensor], Tensor] = dataclasses.field(repr=False)
+
+    @functools.cached_property
+    def hidden(self) -> Tensor:
+        return self.hidden_of(self.states)
+
+    @functools.cached_property
+    def outputs(self) -> Tensor:
+        return self.read(self.hidden)
+
+    @functools.cached_property
+    def priors(self) -> Tensor:
+        return self.read(self.hidden_of(self.prior_states))
+
+    @property
+    def state(self) -> Tensor:
+        return self.states[:, -1]
+
+
+class _Inputs(NamedTuple):
+    x: Tensor                  # (B, T, k) in the model's dtype
+    t: Tensor                  # (B, T) in the dtype the times were given in
+    mask: Optional[Tensor]     # (B, T, k) bool or None
+    t_start: Optional[Tensor]  # (B,) in the dtype of t, or None
 
 
 class MLP(nn.Sequential):
@@ -56,8 +108,6 @@ class ODERNN(nn.Module):
         hidden_size: hidden channels ``n``; the state has ``dynamics.state_size(n)`` channels (``2n`` for
             SONODE/HBNODE/GHBNODE, ``n + augment_dim`` for ANODE).
         output_size: outputs per step.
-        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: solver settings, see
-            :class:`odernn.SolverConfig`. ``step_size`` of fixed-grid methods is in rescaled time (fraction of a gap).
         adjoint_clip: if set to ``c``, during backpropagation the per-sample l2 norm of the adjoint state
             :math:`\partial L / \partial z_i^-` (the gradient with respect to the whole ODE state where a solve
             segment ends, i.e. at every observation, before the cell) is clipped to at most ``c`` (paper Sec. 4). This
@@ -74,12 +124,23 @@ class ODERNN(nn.Module):
         initial_state: module mapping the values ``x`` (batch, time, k), unobserved entries zeroed, to the initial
             state (batch, state); default a zero state.
         warm_start: start each gap's adaptive solve (forward and adjoint) with the last accepted step size of the
-            previous gap instead of torchdiffeq's initial-step heuristic (which costs an extra evaluation and usually
-            starts far too small on short gaps). Accuracy is still controlled by rtol/atol.
+            previous gap instead of the initial-step heuristic (which costs an extra evaluation and usually starts
+            far too small on short gaps). Accuracy is still controlled by rtol/atol.
+        solver: an :class:`odernn.Solver`; ``method``, ``rtol``, ``atol``, ``adjoint``, ``seminorm``, ``norm``,
+            ``max_steps``, ``options``, ``lean`` are shorthands for its fields, and ``step_size`` for its
+            ``step_fraction`` (a fixed step as a fraction of each gap). By default (``Solver.fused``) one solver loop
+            crosses all gaps of a batch, with a sequence-level adjoint; ``fused=False`` or settings the loop does not
+            implement (methods other than dopri5, rk4, midpoint, euler; ``lean=False``; extra ``options``;
+            ``seminorm=False`` with the adjoint; times that require gradients) run one torchdiffeq solve per gap.
 
     Shapes:
-        ``forward(x, t, mask=None, t0=None)``: ``x`` (B, T, k), ``t`` (B, T) (or (T,), shared), ``mask`` None,
-        (B, T) or (B, T, k) bool, ``t0`` None or (B,) -> (B, T, output_size).
+        ``forward(x, t, mask=None, t_start=None)``: ``x`` (B, T, k), ``t`` (B, T) (or (T,), shared), ``mask``
+        None, (B, T) or (B, T, k) bool, ``t_start`` None or (B,) -> (B, T, output_size). ``encode`` returns an
+        :class:`Encoding`; ``extrapolate(encoding, t_future)`` and ``forecast(x, t, t_future)`` return
+        (B, F, output_size).
+
+    Times may be given in a wider dtype than the model (e.g. float64 epoch seconds with a float32 model): gaps are
+    taken in the precision of the times before they are cast, so large absolute times keep their gaps.
     """
 
     def __init__(self, dynamics: Union[str, Dynamics], input_size: int, hidden_size: int, output_size: int, *,
@@ -131,11 +192,22 @@ class ODERNN(nn.Module):
         self.warm_start = bool(warm_start)
 
     # -- validation -----------------------------------------------------------------------------------------------
-    def _check(self, x: Tensor, t: Tensor, mask: Optional[Tensor], t0: Optional[Tensor]):
+    def _model_dtype(self) -> Optional[torch.dtype]:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
+
+    def _check(self, x: Tensor, t: Tensor, mask: Optional[Tensor], t_start: Optional[Tensor],
+               start_name: str = "t_start") -> _Inputs:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
+        dtype = self._model_dtype()
+        if dtype is not None and x.dtype != dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {dtype}; convert the input with "
+                            f"x.to({dtype}) or the model with model.to({x.dtype})")
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"x must have shape (batch, time, input_size={self.input_size}), got {tuple(x.shape)}")
         B, T, _ = x.shape
@@ -157,8 +229,9 @@ class ODERNN(nn.Module):
             bad = t.diff(dim=1) <= 0
             if bad.any():
                 b, i = (int(v) for v in bad.nonzero()[0])
-                raise ValueError(f"times must be strictly increasing per sample (no repeats); sample {b} has "
-                                 f"t[{i + 1}]={t[b, i + 1].item()} after t[{i}]={t[b, i].item()}")
+                raise ValueError(f"times must be strictly increasing per sample (no repeats, in the precision of "
+                                 f"t's dtype {t.dtype}); sample {b} has t[{i + 1}]={t[b, i + 1].item()!r} after "
+                                 f"t[{i}]={t[b, i].item()!r}")
         if mask is not None:
             if not isinstance(mask, Tensor):
                 raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
@@ -179,145 +252,187 @@ class ODERNN(nn.Module):
             b, i, f = (int(v) for v in (~finite).nonzero()[0])
             raise ValueError(f"x contains NaN or inf at an observed entry (sample {b}, step {i}, feature {f}); "
                              f"mark unobserved values with mask=False")
+        if t_start is not None:
+            if not isinstance(t_start, Tensor) or not t_start.is_floating_point():
+                raise TypeError(f"{start_name} must be a floating-point tensor of shape (batch,)")
+            t_start = t_start.reshape(-1).expand(B) if t_start.numel() == 1 else t_start
+            if t_start.shape != (B,):
+                raise ValueError(f"{start_name} must have shape ({B},), got {tuple(t_start.shape)}")
+            t_start = t_start.to(t.dtype) if t_start.dtype != t.dtype else t_start
+            if not (t_start < t[:, 0]).all():
+                raise ValueError(f"{start_name} must be strictly before each sample's first observation time")
+        return _Inputs(x, t, mask, t_start)
+
+    @staticmethod
+    def _start(t_start: Optional[Tensor], t0: Optional[Tensor]) -> tuple[Optional[Tensor], str]:
         if t0 is not None:
-            if not isinstance(t0, Tensor) or not t0.is_floating_point():
-                raise TypeError("t0 must be a floating-point tensor of shape (batch,)")
-            t0 = t0.reshape(-1).expand(B) if t0.numel() == 1 else t0
-            if t0.shape != (B,):
-                raise ValueError(f"t0 must have shape ({B},), got {tuple(t0.shape)}")
-            if not (t0 < t[:, 0]).all():
-                raise ValueError("t0 must be strictly before each sample's first observation time")
-        return x, t.to(x.dtype), mask, t0
+            if t_start is not None:
+                raise TypeError("give t_start (or its older name t0), not both")
+            return t0, "t0"
+        return t_start, "t_start"
 
-    # -- core loop ------------------------------------------------------------------------------------------------
-    def _evolve(self, z: Tensor, t_from: Tensor, dt: Tensor, step: Optional[float]) -> tuple[Tensor, Optional[float]]:
-        """Solve one gap per sample; ``step`` warm-starts the step size from the previous gap (real time units)."""
-        if not bool((dt > 0).any()):
-            return z, step
-        z, last = solve_gaps(self.dynamics, z, t_from, dt, self.solver, step if self.warm_start else None)
-        return z, (step if last is None else last)
+    # -- the recurrence -------------------------------------------------------------------------------------------
+    def _sequence(self, plan: Plan, update: bool) -> Sequence_:
+        dyn = self.dynamics
+        needs_time = dyn.time_dependent or type(dyn).forward not in BUILTIN_FORWARDS
+        return Sequence_(dyn, self.cell if update else None, self.solver, plan,
+                         self.adjoint_clip if update else None, self.warm_start, needs_time)
 
-    def _encode(self, x: Tensor, t: Tensor, mask: Optional[Tensor], t0: Optional[Tensor],
-                record: Optional[list] = None, step_out: Optional[list] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Run the recurrence. Returns the per-step hidden readout inputs (B, T, H), the final state and each
-        sample's last active time. ``step_out``, if given, receives the last accepted step size. ``record``, if given, receives the state ``z_i^-`` at every observation."""
+    def _run(self, plan: Plan, z: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
+             step: Optional[float], times_need_grad: bool):
+        seq = self._sequence(plan, plan.update)
+        if fused_supported(self.solver) and not times_need_grad:
+            return run_sequence(seq, z, cell_x, probe, step)
+        return self._run_per_gap(seq, z, cell_x, probe, step)
+
+    def _run_per_gap(self, seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
+                     step: Optional[float]):
+        """The reference path: one torchdiffeq solve per gap."""
+        plan, clip = seq.plan, seq.clip
+        pre, post = [], []
+        for i in range(plan.dt.shape[1]):
+            if plan.moves[i]:
+                z, last = solve_gaps(self.dynamics, z, plan.t_from[:, i].to(z.dtype), plan.dt[:, i], self.solver,
+                                     step if self.warm_start else None)
+                step = step if last is None else last
+            if probe is not None:
+                z = z + probe[:, i]
+            pre.append(z)
+            if plan.update:
+                if clip is not None:
+                    z = clip_adjoint(z, clip)
+                zn = self.cell(cell_x[:, i], z)
+                z = zn if plan.active is None else torch.where(plan.active[:, i].unsqueeze(-1), zn, z)
+            post.append(z)
+        zpre = torch.stack(pre, dim=1)
+        return zpre, (torch.stack(post, dim=1) if plan.update else zpre), step
+
+    def _encoding(self, zpre: Tensor, zpost: Tensor, t_last: Tensor, step: Optional[float]) -> Encoding:
+        return Encoding(zpost, zpre, t_last, step, self._read, self._hidden)
+
+    def _hidden(self, z: Tensor) -> Tensor:
+        B, T = z.shape[:2]
+        h = self.dynamics.hidden(z.reshape(B * T, *z.shape[2:]))
+        return h.reshape(B, T, *h.shape[1:])
+
+    def _read(self, h: Tensor) -> Tensor:
+        B, T = h.shape[:2]
+        return self.readout(h.reshape(B * T, *h.shape[2:])).reshape(B, T, -1)
+
+    def encode(self, x: Tensor, t: Tensor, mask: Optional[Tensor] = None, t_start: Optional[Tensor] = None, *,
+               probe: Optional[Tensor] = None, t0: Optional[Tensor] = None) -> Encoding:
+        r"""Run the recurrence over the observations.
+
+        Args:
+            x: (B, T, input_size) values in the model's dtype; NaN allowed where ``mask`` is False.
+            t: (B, T) absolute, strictly increasing observation times per sample (or (T,) shared by all), in any
+                floating dtype (gaps are taken in that precision).
+            mask: None (all observed), (B, T) or (B, T, input_size) bool, True where observed. A step whose
+                features are all masked is skipped (neither the ODE nor the cell moves that sample).
+            t_start: (B,) optional start times before ``t[:, 0]``: the initial state is evolved to the first
+                observation (``t0`` is the older name of this argument). Without it the first observation time is
+                the start.
+            probe: optional (B, T, S) tensor added to the state arriving at each observation. Zeros with
+                ``requires_grad=True`` leave the result unchanged and make ``probe.grad`` the adjoint
+                :math:`\partial L / \partial z_i^-` that backpropagation carries into each gap's backward solve
+                (clipping included); see :func:`odernn.diagnostics.adjoint_norms`.
+
+        Returns:
+            An :class:`Encoding`.
+
+        Raises:
+            TypeError, ValueError: on bad input; :class:`odernn.SolverError` when a solve cannot finish.
+        """
+        t_start, name = self._start(t_start, t0)
+        inp = self._check(x, t, mask, t_start, name)
+        x, t, mask = inp.x, inp.t, inp.mask
         B, T, _ = x.shape
+        if probe is not None:
+            if not isinstance(probe, Tensor) or probe.shape != (B, T, self.state_size) or probe.dtype != x.dtype:
+                raise ValueError(f"probe must be a {x.dtype} tensor of shape ({B}, {T}, {self.state_size}), got "
+                                 f"{getattr(probe, 'dtype', type(probe).__name__)} "
+                                 f"{tuple(getattr(probe, 'shape', ()))}")
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
         if mask is None:
-            x_in = x
-            active = None
+            x_in, active = x, None
             cell_x = torch.cat([x, torch.ones_like(x)], dim=-1) if self.feed_mask else x
         else:
-            x_in = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            x_in = torch.where(mask, x, zero)
             active = mask.any(dim=-1)  # (B, T)
             cell_x = torch.cat([x_in, mask.to(x.dtype)], dim=-1) if self.feed_mask else x_in
+        # Gaps, in the precision of t: each step starts where the sample's last active observation was.
+        start = t[:, 0] if inp.t_start is None else inp.t_start
+        if active is None:
+            t_prev = torch.cat([start.unsqueeze(1), t[:, :-1]], dim=1)
+            t_last = t[:, -1]
+            dt = t - t_prev
+        else:
+            seen = torch.where(active, t, torch.full_like(t, -torch.inf)).cummax(dim=1).values
+            t_prev = torch.maximum(torch.cat([start.unsqueeze(1), seen[:, :-1]], dim=1), start.unsqueeze(1))
+            t_last = torch.maximum(seen[:, -1], start)
+            dt = torch.where(active, t - t_prev, torch.zeros((), dtype=t.dtype, device=t.device))
+        plan = make_plan(dt.to(x.dtype), t_prev, active, update=True)
         if self.initial_state is not None:
             z = self.initial_state(x_in)
             if z.shape != (B, self.state_size):
                 raise ValueError(f"initial_state returned shape {tuple(z.shape)}, expected ({B}, {self.state_size})")
         else:
             z = x.new_zeros(B, self.state_size)
-        if t0 is None:
-            t_last = t[:, 0]
-        else:
-            t_last = t0.to(x.dtype)
-        clip = self.adjoint_clip
-        step = None
-        hiddens = []
-        for i in range(T):
-            ti = t[:, i]
-            if active is None:
-                z, step = self._evolve(z, t_last, ti - t_last, step)
-            else:
-                a = active[:, i]
-                dt = torch.where(a, ti - t_last, torch.zeros((), dtype=x.dtype, device=x.device))
-                z, step = self._evolve(z, t_last, dt, step)
-            if record is not None:
-                if not z.requires_grad and torch.is_grad_enabled():
-                    z = z.detach().requires_grad_()  # e.g. the constant zero initial state: still differentiable
-                record.append(z)  # its gradient is what flows into the solve segment ending here (after clipping)
-            if clip is not None:
-                z = clip_adjoint(z, clip)
-            z_new = self.cell(cell_x[:, i], z)
-            if active is None:
-                z = z_new
-                t_last = ti
-            else:
-                z = torch.where(a.unsqueeze(-1), z_new, z)
-                t_last = torch.where(a, ti, t_last)
-            hiddens.append(self.dynamics.hidden(z))
-        if step_out is not None:
-            step_out.append(step)
-        return torch.stack(hiddens, dim=1), z, t_last
+        times_grad = t.requires_grad or (inp.t_start is not None and inp.t_start.requires_grad)
+        zpre, zpost, step = self._run(plan, z, cell_x, probe, None, times_grad)
+        return self._encoding(zpre, zpost, t_last, step)
 
-    def _readout(self, h: Tensor) -> Tensor:
-        B, T = h.shape[:2]
-        return self.readout(h.reshape(B * T, *h.shape[2:])).reshape(B, T, -1)
-
-    def forward(self, x: Tensor, t: Tensor, mask: Optional[Tensor] = None, t0: Optional[Tensor] = None) -> Tensor:
-        """Outputs after each observation.
+    def extrapolate(self, encoding: Encoding, t_future: Tensor) -> Tensor:
+        """Continue each sample's ODE (no cell updates) from its encoding to future times.
 
         Args:
-            x: (B, T, input_size) values; NaN allowed where ``mask`` is False.
-            t: (B, T) absolute, strictly increasing observation times per sample (or (T,) shared by all).
-            mask: None (all observed), (B, T) or (B, T, input_size) bool, True where observed.
-            t0: (B,) optional start times before ``t[:, 0]``: the initial state is evolved to the first observation.
+            encoding: what :meth:`encode` returned.
+            t_future: (B, F) (or (F,) shared) strictly increasing times, each after the sample's ``t_last``.
 
         Returns:
-            (B, T, output_size).
-
-        Raises:
-            TypeError, ValueError: on bad input; :class:`odernn.SolverError` when a solve cannot finish.
+            (B, F, output_size): the readout at each future time.
         """
-        x, t, mask, t0 = self._check(x, t, mask, t0)
-        h = self._encode(x, t, mask, t0)[0]
-        return self._readout(h)
-
-    def forecast(self, x: Tensor, t: Tensor, t_future: Tensor, mask: Optional[Tensor] = None,
-                 t0: Optional[Tensor] = None, *, return_outputs: bool = False, return_priors: bool = False):
-        """Condition on the observations, then continue the ODE (no cell updates) to future times.
-
-        Args:
-            x, t, mask, t0: as in :meth:`forward`.
-            t_future: (B, F) (or (F,) shared) strictly increasing times, each after the sample's last active
-                observation.
-            return_outputs: also return the in-sample outputs of :meth:`forward` (read after each update).
-            return_priors: also return the one-step-ahead predictions: the readout of the state arriving at each
-                observation *before* the cell sees it (entry ``i`` predicts observation ``i`` from observations
-                ``< i``; entry 0 reads the initial state).
-
-        Returns:
-            (B, F, output_size) alone, or a tuple ``(outputs, priors, forecast)`` holding only the parts asked for,
-            in that order; ``outputs`` and ``priors`` are (B, T, output_size).
-        """
-        x, t, mask, t0 = self._check(x, t, mask, t0)
-        B = x.shape[0]
+        if not isinstance(encoding, Encoding):
+            raise TypeError(f"encoding must be an odernn.Encoding (from model.encode), got {type(encoding).__name__}")
+        z, t_last = encoding.state, encoding.t_last
+        B = z.shape[0]
         if not isinstance(t_future, Tensor) or not t_future.is_floating_point():
             raise TypeError("t_future must be a floating-point tensor of shape (batch, n_future)")
         if t_future.dim() == 1:
             t_future = t_future.unsqueeze(0).expand(B, -1)
         if t_future.dim() != 2 or t_future.shape[0] != B or t_future.shape[1] == 0:
             raise ValueError(f"t_future must have shape ({B}, n_future >= 1), got {tuple(t_future.shape)}")
-        t_future = t_future.to(x.dtype)
         if not torch.isfinite(t_future).all():
             raise ValueError("t_future contains NaN or inf")
+        tdt = torch.promote_types(t_future.dtype, t_last.dtype)
+        t_future, t_last = t_future.to(tdt), t_last.to(tdt)
         if t_future.shape[1] > 1 and not (t_future.diff(dim=1) > 0).all():
             raise ValueError("t_future must be strictly increasing per sample")
-        steps: list = []
-        record: Optional[list] = [] if return_priors else None
-        h, z, t_last = self._encode(x, t, mask, t0, record=record, step_out=steps)
-        step = steps[0]
         if not (t_future[:, 0] > t_last).all():
             raise ValueError("t_future must lie after each sample's last observed time")
-        future = []
-        for j in range(t_future.shape[1]):
-            tj = t_future[:, j]
-            z, step = self._evolve(z, t_last, tj - t_last, step)
-            t_last = tj
-            future.append(self.dynamics.hidden(z))
-        fut = self._readout(torch.stack(future, dim=1))
-        parts = []
-        if return_outputs:
-            parts.append(self._readout(h))
-        if return_priors:
-            parts.append(self._readout(torch.stack([self.dynamics.hidden(zi) for zi in record], dim=1)))
-        return tuple(parts) + (fut,) if parts else fut
+        t_prev = torch.cat([t_last.unsqueeze(1), t_future[:, :-1]], dim=1)
+        plan = make_plan((t_future - t_prev).to(z.dtype), t_prev, None, update=False)
+        zpre, _, _ = self._run(plan, z, None, None, encoding.step, t_future.requires_grad)
+        return self._read(self._hidden(zpre))
+
+    def forward(self, x: Tensor, t: Tensor, mask: Optional[Tensor] = None, t_start: Optional[Tensor] = None, *,
+                t0: Optional[Tensor] = None) -> Tensor:
+        """Outputs after each observation: ``encode(x, t, mask, t_start).outputs``, shape (B, T, output_size).
+
+        Raises:
+            TypeError, ValueError: on bad input; :class:`odernn.SolverError` when a solve cannot finish.
+        """
+        return self.encode(x, t, mask, t_start, t0=t0).outputs
+
+    def forecast(self, x: Tensor, t: Tensor, t_future: Tensor, mask: Optional[Tensor] = None,
+                 t_start: Optional[Tensor] = None, *, t0: Optional[Tensor] = None) -> Tensor:
+        """Condition on the observations, then continue the ODE (no cell updates) to future times:
+        ``extrapolate(encode(x, t, mask, t_start), t_future)``.
+
+        For the in-sample outputs or the one-step-ahead predictions as well, call :meth:`encode` and
+        :meth:`extrapolate` yourself (``Encoding.outputs``, ``Encoding.priors``).
+
+        Returns:
+            (B, F, output_size).
+        """
+        return self.extrapolate(self.encode(x, t, mask, t_start, t0=t0), t_future)

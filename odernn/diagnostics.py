@@ -46,9 +46,9 @@ def adjoint_norms(model: ODERNN, x: Tensor, t: Tensor, y: Tensor,
     with ``adjoint=False`` from backpropagation through the solver; both agree up to the solver tolerance.
 
     The model is run in eval mode (restored afterwards); gradients are taken with :func:`torch.autograd.grad`, so
-    parameters and their ``.grad`` are untouched. A state outside the autograd graph (the zero initial state when the
-    first gap is empty, or every state when all parameters are frozen) still gets its adjoint: ``ODERNN._encode``
-    makes such a state a graph leaf.
+    parameters and their ``.grad`` are untouched. The adjoints are read from a zero ``probe`` added to every arriving
+    state (:meth:`odernn.ODERNN.encode`), so every state has one, even outside the parameters' graph (the zero
+    initial state, or all states when every parameter is frozen).
 
     Args:
         model: any :class:`odernn.ODERNN`.
@@ -79,7 +79,9 @@ def adjoint_norms(model: ODERNN, x: Tensor, t: Tensor, y: Tensor,
         loss = _default_loss
     elif not callable(loss):
         raise TypeError(f"loss must be a callable loss(outputs, y) -> scalar tensor, got {type(loss).__name__}")
-    x, t, mask, t0 = model._check(x, t, mask, t0)
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a (batch, time, input_size) tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     B, T, _ = x.shape
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
@@ -96,27 +98,27 @@ def adjoint_norms(model: ODERNN, x: Tensor, t: Tensor, y: Tensor,
     model.eval()
     try:
         with torch.enable_grad():
-            record: list = []
-            h, _, _ = model._encode(x, t, mask, t0, record=record)
-            value = loss(model._readout(h), y)
+            # A zero probe added to every arriving state: its gradient is dL/dz_i^- as backpropagation carries it
+            # into each gap's backward solve (after the model's adjoint clipping).
+            probe = torch.zeros(B, T, model.state_size, dtype=x.dtype, device=x.device, requires_grad=True)
+            value = loss(model.encode(x, t, mask, t0, probe=probe).outputs, y)
             if not isinstance(value, Tensor):
                 raise TypeError(f"loss must return a tensor, got {type(value).__name__}")
             if value.numel() != 1:
                 raise ValueError(f"loss must return a scalar, got a tensor of shape {tuple(value.shape)}")
             value = value.reshape(())
-            if len(record) != T:  # an internal invariant of ODERNN._encode
-                raise RuntimeError(f"expected {T} recorded states, got {len(record)}")
             if value.requires_grad:
-                grads = torch.autograd.grad(value, list(record), allow_unused=True)
+                (g,) = torch.autograd.grad(value, probe, allow_unused=True)
             else:  # the loss does not depend on the model (e.g. a constant)
-                grads = (None,) * T
+                g = None
+            if g is None:
+                g = torch.zeros_like(probe)
             norms = []
-            for z, g in zip(record, grads):
-                if g is None:
-                    g = torch.zeros_like(z)
+            for i in range(T):
+                gi = g[:, i]
                 if model.adjoint_clip is not None:
-                    g = _clipped(g, model.adjoint_clip)
-                norms.append(g.detach().reshape(B, -1).norm(dim=1))
+                    gi = _clipped(gi, model.adjoint_clip)
+                norms.append(gi.detach().reshape(B, -1).norm(dim=1))
     finally:
         model.train(was_training)
     out = torch.stack(norms, dim=1)  # (B, T)
@@ -126,11 +128,9 @@ def adjoint_norms(model: ODERNN, x: Tensor, t: Tensor, y: Tensor,
 def _clipped(g: Tensor, c: float) -> Tensor:
     """``g`` as :func:`odernn.clip_adjoint` passes it on during backpropagation (per-sample l2 norm at most ``c``).
 
-    ``ODERNN._encode`` records the state *before* its clip node, so the recorded gradient is already clipped and this
-    changes nothing (the clip is idempotent). It is applied anyway so that the guarantee "no entry exceeds
-    ``adjoint_clip``" does not hinge on where the private hook sits relative to the clip node (an earlier version
-    recorded the clip's output, whose gradient is the unclipped one arriving from downstream). It runs the library's
-    own clip, so the rule has a single definition.
+    The probe sits *before* the clip, so its gradient is already clipped and this changes nothing (the clip is
+    idempotent). It is applied anyway so that the guarantee "no entry exceeds ``adjoint_clip``" does not hinge on
+    where the probe sits relative to the clip. It runs the library's own clip, so the rule has a single definition.
     """
     leaf = torch.zeros_like(g, requires_grad=True)
     (out,) = torch.autograd.grad(clip_adjoint(leaf, c), leaf, grad_outputs=g)

@@ -121,8 +121,10 @@ def test_forecast_matches_forward_and_continues_the_ode():
     m = model("hbnode", tol=1e-10)
     tf = t[:, -1:] + torch.tensor([[0.3, 0.9, 1.4]], dtype=t.dtype)
     with torch.no_grad():
-        out, fut = m.forecast(x, t, tf, return_outputs=True)
+        enc = m.encode(x, t)
+        out, fut = enc.outputs, m.extrapolate(enc, tf)
         torch.testing.assert_close(out, m(x, t))
+        torch.testing.assert_close(fut, m.forecast(x, t, tf))
         fut2 = m.forecast(x, t, tf[:, [1]])
     assert fut.shape == (2, 3, 2)
     torch.testing.assert_close(fut[:, 1:2], fut2, rtol=1e-7, atol=1e-7)  # chaining = one longer solve
@@ -147,12 +149,10 @@ def test_adjoint_clip_bounds_every_observation_and_is_inactive_when_large():
 
     def observation_grads(clip):
         m = model("hbnode", tol=1e-8, adjoint_clip=clip)
-        xx, tt, mask, t0 = m._check(x, t, None, None)
-        rec = []
-        h, _, _ = m._encode(xx, tt, mask, t0, record=rec)
-        loss = 1e3 * m._readout(h)[:, -1].pow(2).sum()
-        gs = torch.autograd.grad(loss, rec + list(m.parameters()))
-        return [g.norm(dim=1) for g in gs[:len(rec)]], gs[len(rec):]
+        probe = torch.zeros(x.shape[0], x.shape[1], m.state_size, dtype=x.dtype, requires_grad=True)
+        loss = 1e3 * m.encode(x, t, probe=probe).outputs[:, -1].pow(2).sum()
+        gs = torch.autograd.grad(loss, [probe] + list(m.parameters()))
+        return [gs[0][:, i].norm(dim=1) for i in range(x.shape[1])], gs[1:]
 
     norms, _ = observation_grads(None)
     c = 0.5 * min(float(n.max()) for n in norms[1:])
@@ -293,7 +293,8 @@ def test_forecast_returns_one_step_priors():
     m = model("hbnode", tol=1e-10)
     tf = t[:, -1:] + 0.5
     with torch.no_grad():
-        out, priors, fut = m.forecast(x, t, tf, return_outputs=True, return_priors=True)
+        enc = m.encode(x, t)
+        out, priors, fut = enc.outputs, enc.priors, m.extrapolate(enc, tf)
         fut_prefix = m.forecast(x[:, :2], t[:, :2], t[:, 2:3])  # state after obs 0..1, evolved to t_2
         alone = m.forecast(x, t, tf)
     assert priors.shape == out.shape == (2, 4, 2)
