@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import math
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -42,7 +40,12 @@ import torch.nn.functional as F
 import odernn
 from odernn.diagnostics import adjoint_norms
 
-from . import _common as common
+from ._cli import run_cli
+from ._distributed import DistContext, make_loader, select_device
+from ._files import atomic_write_csv, atomic_write_json
+from ._loops import TrainingDiverged, count_parameters, to_device, train_epoch
+from ._random import seed_everything
+from ._report import pyplot, save_figure
 from . import walker2d
 
 __all__ = ["DEFAULT_MODELS", "make_parser", "parse_models", "core_inputs", "measure", "plot", "run", "main"]
@@ -170,10 +173,7 @@ def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *,
 
 def plot(curves: dict[str, Tensor], path: Path, *, title: str) -> Path:
     """Write the Fig. 3-like figure: log10 of each model's norms against ``T - t`` (observations before the last)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = {"node": "ODE-RNN", "anode": "ANODE-RNN", "sonode": "SONODE-RNN", "hbnode": "HBNODE-RNN",
               "ghbnode": "GHBNODE-RNN"}
@@ -188,37 +188,34 @@ def plot(curves: dict[str, Tensor], path: Path, *, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return common.atomic_write_bytes(buf.getvalue(), path)
+    return save_figure(fig, path, dpi=120)
 
 
 def _train_and_measure(name: str, args: argparse.Namespace, data: dict, device: torch.device,
-                       ctx: common.DistContext) -> tuple[dict[str, Any], dict[str, Any]]:
+                       ctx: DistContext) -> tuple[dict[str, Any], dict[str, Any]]:
     """Seed, build and briefly train one model, then :func:`measure` it on the first test batches."""
-    common.seed_everything(args.seed)
+    seed_everything(args.seed)
     model = walker2d.build_model(name, args).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    loader = common.make_loader(data["train"], batch_size=args.batch_size, train=True, seed=args.seed, ctx=ctx,
+    loader = make_loader(data["train"], batch_size=args.batch_size, train=True, seed=args.seed, ctx=ctx,
                                 workers=args.workers)
     train: dict[str, Any] = {}
     for epoch in range(1, args.epochs + 1):
-        train = common.train_epoch(model, loader, optimizer, walker2d.step_mse, device=device, ctx=ctx,
+        train = train_epoch(model, loader, optimizer, walker2d.step_mse, device=device, ctx=ctx,
                                    max_batches=args.max_batches, desc=f"{name} {epoch}/{args.epochs}",
                                    grad_clip=args.grad_clip or None)
         print(f"[adjoint_norms/{name}] epoch {epoch}/{args.epochs}  train MSE {train['loss']:.5g}  "
               f"NFE fwd {train['forward_nfe']:.1f} bwd {train['backward_nfe']:.1f}  {train['seconds']:.1f}s",
               flush=True)
-    test = common.make_loader(data["test"], batch_size=args.eval_batch_size or args.batch_size, train=False,
+    test = make_loader(data["test"], batch_size=args.eval_batch_size or args.batch_size, train=False,
                               seed=args.seed, ctx=ctx, workers=args.workers)
     batches = []
     for batch in test:
-        batches.append(common.to_device(batch, device))
+        batches.append(to_device(batch, device))
         if len(batches) == args.norm_batches:
             break
     measured = measure(model, batches, dtype=getattr(torch, args.norm_dtype))
-    info = {"num_params": common.count_parameters(model), "train_loss": train.get("loss"),
+    info = {"num_params": count_parameters(model), "train_loss": train.get("loss"),
             "forward_nfe": train.get("forward_nfe"), "backward_nfe": train.get("backward_nfe"),
             "norm_windows": sum(int(b["x"].shape[0]) for b in batches)}
     return measured, info
@@ -232,8 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    device = common.select_device(args.device)
-    ctx = common.DistContext(device=device)
+    device = select_device(args.device)
+    ctx = DistContext(device=device)
     data = walker2d.datasets(args)
     rows: list[dict[str, Any]] = []
     curves: dict[str, Tensor] = {}
@@ -242,7 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in names:
         try:
             measured, info = _train_and_measure(name, args, data, device, ctx)
-        except (odernn.SolverError, common.TrainingDiverged) as e:
+        except (odernn.SolverError, TrainingDiverged) as e:
             # As in the other recipes: a model that blows up is recorded as failed, the others still run.
             print(f"[adjoint_norms/{name}] FAILED: {e}", flush=True)
             results[name] = {"failed": True, "error": str(e)}
@@ -259,13 +256,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"first/last {decay:.3e}; mean log10 change per step going back: across the RNN update "
                   f"{measured['log10_cell']:+.3f}, across the ODE gap {measured['log10_gap']:+.3f}", flush=True)
         # Rewrite the files after every model, so a long run leaves usable partial results.
-        common.atomic_write_csv(rows, out / "adjoint_norms.csv", ["model", "step", "norm"])
+        atomic_write_csv(rows, out / "adjoint_norms.csv", ["model", "step", "norm"])
         if curves:
             plot(curves, out / "adjoint_norms.png",
                  title=f"Walker2D, {args.epochs} epoch(s) x {args.max_batches or 'all'} batches, rtol {args.rtol:g}")
         summary = {"models": results, "config": dict(vars(args), models=names, device=str(device),
                                                      torch=torch.__version__)}
-        common.atomic_write_json(summary, out / "summary.json")
+        atomic_write_json(summary, out / "summary.json")
     figure = f", {out / 'adjoint_norms.png'}" if curves else " (no figure: every model failed)"
     print(f"wrote {out / 'adjoint_norms.csv'}{figure} and {out / 'summary.json'}")
     return summary
@@ -282,4 +279,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, prog="python -m recipes.adjoint_norms")

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ._vision import image_main
+from ._cli import run_cli
+from ._image_recipe import image_main
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -34,4 +35,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python -m recipes.cifar10")

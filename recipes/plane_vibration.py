@@ -40,7 +40,6 @@ loss with 5x the NFEs of the other models).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Optional, Sequence
 
 import torch
@@ -49,7 +48,8 @@ import torch.nn.functional as F
 
 import odernn
 
-from . import _common
+from ._cli import add_hybrid_flags, base_parser, run_cli, xi_kwargs
+from ._driver import RecipeSpec, run_recipe
 from ._ncde import NeuralCDE, ncde_width_for
 
 __all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "build_model", "main", "make_parser", "make_spec"]
@@ -141,7 +141,7 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
     """The ODE-RNN hybrid ``name`` of Table 4 (see the module docstring)."""
     a = ARCH[name]
     n, p = a["n"], a["augment"]
-    dyn = odernn.make_dynamics(name, _ode_net(name, a), augment_dim=p, **_common.xi_kwargs(name, xi0))
+    dyn = odernn.make_dynamics(name, _ode_net(name, a), augment_dim=p, **xi_kwargs(name, xi0))
     state = dyn.state_size(n)
     copies = 1 if name in ("node", "anode") else 2
     cell = ResidualCell(K, state // copies, copies)
@@ -207,14 +207,14 @@ def datasets(args: argparse.Namespace) -> dict:
     return {s: plane_vibration(s, root=args.data_root) for s in ("train", "valid", "test")}
 
 
-def make_spec() -> _common.RecipeSpec:
-    return _common.RecipeSpec(name="plane_vibration", models=MODELS, all_models=PAPER_MODELS,
-                              build_model=build_model, datasets=datasets, train_loss=train_loss,
-                              eval_loss=eval_loss, describe=describe)
+def make_spec() -> RecipeSpec:
+    return RecipeSpec(name="plane_vibration", models=MODELS, all_models=PAPER_MODELS,
+                      build_model=build_model, datasets=datasets, train_loss=train_loss,
+                      eval_loss=eval_loss, describe=describe)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = _common.base_parser(
+    p = base_parser(
         "Plane vibration (HBNODE paper Sec. 5.3): ODE-RNN hybrids forecasting 8 stamps of an F-16 vibration test. "
         "--model all trains the paper's five models; ncde is the Neural CDE baseline.",
         models=MODELS, prog="python -m recipes.plane_vibration",
@@ -223,15 +223,15 @@ def make_parser() -> argparse.ArgumentParser:
                    help="scale every dense layer of the ODE-RNN hybrids at initialisation (official code: 0.01)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply times (in samples of the 400 Hz record) by this factor")
-    return _common.add_hybrid_flags(
+    return add_hybrid_flags(
         p, xi0=XI0, xi0_help="initial xi of GHBNODE (xi = softplus(chi), learned); the official code starts its xi h "
                              "term at 0, and the paper's chi = 0 (xi = ln 2) stalls training at this time scale")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
-    return _common.run_recipe(make_spec(), args)
+    return run_recipe(make_spec(), args)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, prog="python -m recipes.plane_vibration")

@@ -50,8 +50,13 @@ from torch.utils.data import Dataset, TensorDataset
 
 import odernn
 
-from . import _common
-from ._vision import pyplot, save_figure
+from ._checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ._cli import base_parser, expand_models, run_cli
+from ._distributed import DistContext, init_distributed
+from ._driver import RecipeSpec, fit_model
+from ._files import atomic_write_csv, atomic_write_text, read_csv
+from ._loops import TrainingDiverged, count_parameters
+from ._report import MetricsWriter, compare_models, pyplot, save_figure, write_summary
 
 __all__ = ["MODELS", "SIZES", "PAPER_PARAMS", "nested_circles", "PointCloudModel", "build_model", "main"]
 
@@ -179,7 +184,7 @@ def _datasets(seed: int) -> dict[str, Dataset]:
     return {"train": TensorDataset(x, y), "valid": TensorDataset(x[:0], y[:0]), "test": TensorDataset(xt, yt)}
 
 
-def _run_spec(model: str, run: int) -> _common.RecipeSpec:
+def _run_spec(model: str, run: int) -> RecipeSpec:
     def build(_name: str, args: argparse.Namespace) -> nn.Module:
         return build_model(model, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint)
 
@@ -189,9 +194,9 @@ def _run_spec(model: str, run: int) -> _common.RecipeSpec:
                 "data": f"nested_circles(seed={args.seed})", "test_data": f"nested_circles(seed={args.seed}+1000003)",
                 "loss": "MSE of tanh output to labels -1 (disc) / +1 (annulus)"}
 
-    return _common.RecipeSpec(name=f"point_cloud/{model}", models=(f"run_{run:03d}",), build_model=build,
-                              datasets=lambda a: _datasets(a.seed), train_loss=_loss, eval_loss=_loss,
-                              describe=describe)
+    return RecipeSpec(name=f"point_cloud/{model}", models=(f"run_{run:03d}",), build_model=build,
+                      datasets=lambda a: _datasets(a.seed), train_loss=_loss, eval_loss=_loss,
+                      describe=describe, resume_safe=("runs", "first_run"))
 
 
 @torch.no_grad()
@@ -209,7 +214,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
 
 
-def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: _common.DistContext) -> dict:
+def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: DistContext) -> dict:
     """Train ``args.runs`` independent runs of ``model``; write its per-run and aggregate files."""
     folder = out / model
     run_rows, epoch_rows = [], {}
@@ -219,16 +224,16 @@ def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: _comm
         data = spec.datasets(run_args)
         name = f"run_{run:03d}"
         try:
-            _common.fit_model(spec, name, run_args, data, folder, ctx)
-        except (odernn.SolverError, _common.TrainingDiverged) as e:  # a blown-up run is a result, not a crash
+            fit_model(spec, name, run_args, data, folder, ctx)
+        except (odernn.SolverError, TrainingDiverged) as e:  # a blown-up run is a result, not a crash
             print(f"[point_cloud/{model}] run {run} failed: {e}", flush=True)
             run_rows.append({"run": run, "seed": run_args.seed, "failed": 1, "error": str(e)[:200]})
             continue
-        metrics = _common.read_csv(folder / name / "metrics.csv")
+        metrics = read_csv(folder / name / "metrics.csv")
         for r in metrics:
             epoch_rows.setdefault(r["epoch"], []).append(r)
         net = build_model(model, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(ctx.device)
-        _common.load_checkpoint(folder / name / _common.CHECKPOINT_NAME, model=net, restore_rng=False)
+        load_checkpoint(folder / name / CHECKPOINT_NAME, model=net, restore_rng=False)
         x, y = (tensor.to(ctx.device) for tensor in data["train"].tensors)
         loss, acc = _final_eval(net, x, y)
         last = metrics[-1]
@@ -244,7 +249,7 @@ def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: _comm
         })
     if not ctx.is_main:
         return {}
-    _common.atomic_write_csv(run_rows, folder / "runs.csv")
+    atomic_write_csv(run_rows, folder / "runs.csv")
     agg_rows = []
     for epoch in sorted(epoch_rows):
         rows = epoch_rows[epoch]
@@ -258,7 +263,7 @@ def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: _comm
         row["runs"] = len(rows)
         agg_rows.append(row)
     if agg_rows:
-        writer = _common.MetricsWriter(folder)
+        writer = MetricsWriter(folder)
         writer.rows = agg_rows
         writer.flush()
     ok = [r for r in run_rows if not r["failed"]]
@@ -269,11 +274,11 @@ def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: _comm
                 "seconds"):
         final[key], final[key + "_std"] = _mean_std([r.get(key) for r in ok])
     final["final_train_loss_median"] = _median([r["final_train_loss"] for r in ok])
-    num_params = _common.count_parameters(build_model(model))
+    num_params = count_parameters(build_model(model))
     config = {k: v for k, v in vars(args).items()}
     config.update(model=model, recipe="point_cloud", n=SIZES[model][0], h=SIZES[model][1],
                   paper_num_params=PAPER_PARAMS[model], device=str(ctx.device))
-    _common.write_summary(folder, model=model, num_params=num_params, final=final, config=config)
+    write_summary(folder, model=model, num_params=num_params, final=final, config=config)
     return {"model": model, "num_params": num_params, **final, "rows": run_rows}
 
 
@@ -307,7 +312,7 @@ def write_runs_table(out: Path, results: dict) -> Path:
             f"{s['final_train_accuracy']:.3f} | {s['test_accuracy']:.3f} | "
             f"{s['forward_nfe']:.1f} ± {s['forward_nfe_std']:.1f} | {s['backward_nfe']:.1f} ± "
             f"{s['backward_nfe_std']:.1f} | {s['seconds']:.1f} |")
-    return _common.atomic_write_text("\n".join(lines) + "\n", out / "point_cloud_runs.md")
+    return atomic_write_text("\n".join(lines) + "\n", out / "point_cloud_runs.md")
 
 
 def plot_distributions(out: Path, results: dict) -> Path:
@@ -339,7 +344,7 @@ def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, devic
     per time."""
     plt = pyplot()
     run = f"run_{args.first_run:03d}"
-    avail = [m for m in models if (out / m / run / _common.CHECKPOINT_NAME).exists()]
+    avail = [m for m in models if (out / m / run / CHECKPOINT_NAME).exists()]
     if not avail:
         return None
     fig, axes = plt.subplots(len(avail), len(times), figsize=(2.6 * len(times), 2.6 * len(avail)), squeeze=False)
@@ -348,7 +353,7 @@ def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, devic
     t = torch.tensor(times, dtype=torch.float32)
     for i, m in enumerate(avail):
         net = build_model(m, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(device)
-        _common.load_checkpoint(out / m / run / _common.CHECKPOINT_NAME, model=net, restore_rng=False)
+        load_checkpoint(out / m / run / CHECKPOINT_NAME, model=net, restore_rng=False)
         net.eval()
         traj = net.trajectory(x, t).cpu()  # (B, T, n)
         w = net.readout.weight.detach().cpu()[0]
@@ -376,7 +381,7 @@ def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, devic
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
-    parser = _common.base_parser(
+    parser = base_parser(
         "Point-cloud separation (paper Sec. 5.1): NODE, ANODE, SONODE, HBNODE and GHBNODE over independent runs",
         models=MODELS, prog="python -m recipes.point_cloud",
         defaults={"batch_size": 50, "lr": 0.01, "epochs": 40, "rtol": 1e-7, "atol": 1e-7,
@@ -390,11 +395,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
         parser.error(f"--runs must be >= 1 and --first-run >= 0, got {args.runs} and {args.first_run}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    ctx = _common.init_distributed(args.device)
+    ctx = init_distributed(args.device)
     if ctx.enabled:
         raise SystemExit("the point-cloud recipe trains 120 points per run: run it without torchrun")
     out = Path(args.out)
-    models = _common.expand_models(args.model, MODELS)
+    models = expand_models(args.model, MODELS)
     results = {}
     for m in models:
         res = train_model_runs(m, args, out, ctx)
@@ -406,11 +411,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     plot_distributions(out, results)
     plot_evolution(out, models, args, ctx.device)
     if args.model == "all":
-        _common.compare_models(out, models, title="point_cloud (means over runs)")
+        compare_models(out, models, title="point_cloud (means over runs)")
     print(f"wrote {out}/point_cloud_runs.md, point_cloud_distributions.png, point_cloud_evolution.png"
           + (", comparison.md/png" if args.model == "all" else ""))
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python -m recipes.point_cloud")

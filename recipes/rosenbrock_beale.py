@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 import odernn
 
-from . import _common
-from ._vision import pyplot, save_figure
+from ._distributed import select_device
+from ._files import atomic_write_csv, atomic_write_json
+from ._report import pyplot, save_figure
 
 __all__ = ["Problem", "PROBLEMS", "rosenbrock", "beale", "NegGradient", "solve", "run", "main"]
 
@@ -177,8 +178,8 @@ def run(out_dir: Optional[str] = None, *, problems: tuple[str, ...] = tuple(PROB
     result = {"rows": rows, "summary": summary}
     if out_dir is not None:
         out = Path(out_dir)
-        _common.atomic_write_csv(rows, out / "trajectories.csv")
-        _common.atomic_write_json({"task": "rosenbrock_beale", "solver": _SOLVER_NOTE,
+        atomic_write_csv(rows, out / "trajectories.csv")
+        atomic_write_json({"task": "rosenbrock_beale", "solver": _SOLVER_NOTE,
                                    "horizon_factor": horizon_factor, "results": summary}, out / "summary.json")
         if plot:
             _plot(curves, out / "rosenbrock_beale.png")
@@ -246,7 +247,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                         help="multiply the paper's time horizons (t1 = 1 Rosenbrock, 2 Beale) by this factor")
     args = parser.parse_args(argv)
     problems = tuple(PROBLEMS) if args.function == "all" else (args.function,)
-    device = _common.select_device(args.device)
+    device = select_device(args.device)
     result = run(args.out, problems=problems, device=device, horizon_factor=args.horizon_factor)
     for name, s in result["summary"].items():
         for method in ("ode", "hbode"):

@@ -44,8 +44,12 @@ from torch import Tensor, nn
 
 import odernn
 
-from . import _common
-from ._vision import pyplot, save_figure
+from ._cli import expand_models
+from ._distributed import select_device
+from ._files import atomic_write_csv, atomic_write_text
+from ._loops import count_parameters, progress
+from ._random import seed_everything
+from ._report import pyplot, save_figure, write_summary
 
 __all__ = ["MODELS", "SIZES", "InputDrivenDense", "InitModel", "build_model", "interpolate_v1", "run", "main"]
 
@@ -179,8 +183,8 @@ def run(out_dir: Optional[str | Path], *, models: tuple[str, ...] = MODELS, init
     results: dict = {"t": t_cpu, "mean": {}, "per_init": {}, "summary": {}, "exact": exact}
     for k, name in enumerate(models):
         h_norms, z_norms, nfes, secs, failures = [], [], [], [], 0
-        for r in _common.progress(range(inits), desc=f"{name} inits", total=inits):
-            _common.seed_everything(seed * 1_000_003 + 1000 * k + r)  # disjoint streams per seed, model, init
+        for r in progress(range(inits), desc=f"{name} inits", total=inits):
+            seed_everything(seed * 1_000_003 + 1000 * k + r)  # disjoint streams per seed, model, init
             model = build_model(name, path).to(device=device, dtype=torch.float64)
             start = time.perf_counter()
             try:
@@ -202,7 +206,7 @@ def run(out_dir: Optional[str | Path], *, models: tuple[str, ...] = MODELS, init
         mean = h.mean(0)
         results["mean"][name] = mean
         results["per_init"][name] = h
-        num_params = _common.count_parameters(model)
+        num_params = count_parameters(model)
         half = t_cpu.numel() // 2
         results["summary"][name] = {
             "model": name, "num_params": num_params, "forward_nfe": _nanmean(nfes), "backward_nfe": 0,
@@ -219,13 +223,13 @@ def run(out_dir: Optional[str | Path], *, models: tuple[str, ...] = MODELS, init
                      "h_norm_median": float(h[:, i].median()),
                      "h_norm_min": float(h[:, i].min()), "h_norm_max": float(h[:, i].max()),
                      "state_norm_mean": float(zn[:, i].mean())} for i in range(t_cpu.numel())]
-            _common.atomic_write_csv(rows, folder / "metrics.csv")
+            atomic_write_csv(rows, folder / "metrics.csv")
             s = results["summary"][name]
             config = {"recipe": "silverbox_init", "model": name, "inits": inits, "seed": seed, "t1": t1,
                       "points_per_unit": points_per_unit, "interpolation": interpolation, "rtol": rtol,
                       "atol": atol, "device": str(device), "state_size_n": SIZES[name], "time_unit": "sample",
                       "data": "silverbox(center=True, scale=100.0)", "h0": "V2(0)"}
-            _common.write_summary(folder, model=name, num_params=num_params,
+            write_summary(folder, model=name, num_params=num_params,
                                   final={k2: v for k2, v in s.items() if k2 not in ("model", "num_params")},
                                   config=config)
     if out_dir is not None:
@@ -236,7 +240,7 @@ def run(out_dir: Optional[str | Path], *, models: tuple[str, ...] = MODELS, init
             row.update({f"log10_h_{m}": _log10(float(results["mean"][m][i])) for m in models})
             row["log10_abs_v2"] = _log10(float(exact[i]))
             rows.append(row)
-        _common.atomic_write_csv(rows, out / "silverbox_init.csv")
+        atomic_write_csv(rows, out / "silverbox_init.csv")
         _write_table(out / "comparison.md", results["summary"], inits)
         if plot:
             _plot(results, out / "silverbox_init.png", inits)
@@ -267,7 +271,7 @@ def _write_table(path: Path, summary: dict, inits: int) -> None:
                      f"{s['final_h_norm_mean']:.3g} | {s['final_log10_h_norm_mean']:.2f} | "
                      f"{s['final_h_norm_median']:.3g} / {s['final_h_norm_min']:.3g} / {s['final_h_norm_max']:.3g} | "
                      f"{s['solver_failures']} |")
-    _common.atomic_write_text("\n".join(lines) + "\n", path)
+    atomic_write_text("\n".join(lines) + "\n", path)
 
 
 _COLORS = {"node": "tab:blue", "anode": "tab:olive", "sonode": "tab:green", "hbnode": "tab:red",
@@ -309,8 +313,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--out", default="runs/silverbox_init", help="output folder")
     parser.add_argument("--data-root", default=None, help="data root (default $ODERNN_DATA)")
     args = parser.parse_args(argv)
-    models = tuple(_common.expand_models(args.model, MODELS))
-    device = _common.select_device(args.device)
+    models = tuple(expand_models(args.model, MODELS))
+    device = select_device(args.device)
     res = run(args.out, models=models, inits=args.inits, seed=args.seed, t1=args.t1,
               points_per_unit=args.points_per_unit, interpolation=args.interpolation, rtol=args.rtol,
               atol=args.atol, device=device, root=args.data_root)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from typing import Any, Optional, Sequence
 
 import torch
@@ -43,7 +42,8 @@ import torch.nn.functional as F
 
 import odernn
 
-from . import _common
+from ._cli import add_hybrid_flags, base_parser, run_cli, xi_kwargs
+from ._driver import RecipeSpec, run_recipe
 from ._ncde import NeuralCDE, ncde_width_for
 
 __all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "build_model", "main", "make_parser", "make_spec"]
@@ -124,7 +124,7 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
     a = ARCH[name]
     n, p = a["n"], a["augment"]
     n_in = {"sonode": 2 * n, "anode": n + p}.get(name, n)
-    dyn = odernn.make_dynamics(name, nn.Linear(n_in, n + p), augment_dim=p, **_common.xi_kwargs(name, xi0))
+    dyn = odernn.make_dynamics(name, nn.Linear(n_in, n + p), augment_dim=p, **xi_kwargs(name, xi0))
     state = dyn.state_size(n)
     cell = MLPCell(K, state, a["h1"], a["h2"], residual=a["residual"])
     readout = nn.Linear(n + p if name in ("node", "anode") else n, K)
@@ -173,27 +173,27 @@ def datasets(args: argparse.Namespace) -> dict:
     return {s: walker2d(s, root=args.data_root) for s in ("train", "valid", "test")}
 
 
-def make_spec() -> _common.RecipeSpec:
-    return _common.RecipeSpec(name="walker2d", models=MODELS, all_models=PAPER_MODELS, build_model=build_model,
-                              datasets=datasets, train_loss=step_mse, eval_loss=step_mse, describe=describe)
+def make_spec() -> RecipeSpec:
+    return RecipeSpec(name="walker2d", models=MODELS, all_models=PAPER_MODELS, build_model=build_model,
+                      datasets=datasets, train_loss=step_mse, eval_loss=step_mse, describe=describe)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = _common.base_parser(
+    p = base_parser(
         "Walker2D (HBNODE paper Sec. 5.4): ODE-RNN hybrids predicting the next step of irregularly sampled "
         "kinematics. --model all trains the paper's five models; ncde is the Neural CDE baseline.",
         models=MODELS, prog="python -m recipes.walker2d",
         defaults=dict(batch_size=256, lr=3e-3, epochs=500, rtol=1e-7, atol=1e-7, out="runs/walker2d"))
     p.add_argument("--time-scale", type=float, default=1 / 64,
                    help="multiply times (in raw simulation steps) by this factor (official code: 1/64)")
-    return _common.add_hybrid_flags(
+    return add_hybrid_flags(
         p, xi0=XI0, xi0_help="initial xi of GHBNODE (xi = softplus(chi), learned); default ln 2, the paper's chi = 0")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
-    return _common.run_recipe(make_spec(), args)
+    return run_recipe(make_spec(), args)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, prog="python -m recipes.walker2d")

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes import _common, _vision, point_cloud, rosenbrock_beale, silverbox_init
+from odernn.data import DataFile, sha256_file
+from recipes import _image_data, _image_models, point_cloud, rosenbrock_beale, silverbox_init
+from recipes._files import read_csv
+from recipes._loops import count_parameters
 
 DATA = Path(os.environ.get("ODERNN_DATA", "/nonexistent"))
 
@@ -22,17 +25,17 @@ DATA = Path(os.environ.get("ODERNN_DATA", "/nonexistent"))
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-@pytest.mark.parametrize("model", _vision.MODELS)
+@pytest.mark.parametrize("model", _image_models.MODELS)
 def test_image_models_have_table3_sizes(dataset, model):
-    ours = _common.count_parameters(_vision.build_image_model(dataset, model))
-    paper = _vision.PAPER_PARAMS[dataset][model]
+    ours = count_parameters(_image_models.build_image_model(dataset, model))
+    paper = _image_models.PAPER_PARAMS[dataset][model]
     assert abs(ours - paper) <= 0.02 * paper, (ours, paper)
     assert abs(ours - paper) <= 1  # in fact within one parameter (a learnable scalar counted differently)
 
 
 @pytest.mark.parametrize("model", point_cloud.MODELS)
 def test_point_cloud_models_have_table3_sizes(model):
-    ours = _common.count_parameters(point_cloud.build_model(model))
+    ours = count_parameters(point_cloud.build_model(model))
     paper = point_cloud.PAPER_PARAMS[model]
     assert abs(ours - paper) <= 0.02 * paper, (ours, paper)
 
@@ -75,7 +78,7 @@ def test_point_cloud_recipe_trains_writes_and_resumes(tmp_path):
     args = ["--model", "hbnode", "--runs", "1", "--rtol", "1e-3", "--atol", "1e-4", "--out", str(out),
             "--device", "cpu"]
     res = point_cloud.main(args + ["--epochs", "2"])["hbnode"]
-    rows = _common.read_csv(out / "hbnode" / "run_000" / "metrics.csv")
+    rows = read_csv(out / "hbnode" / "run_000" / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(r["forward_nfe"] > 0 and r["backward_nfe"] > 0 for r in rows)
     summary = json.loads((out / "hbnode" / "summary.json").read_text())
@@ -83,7 +86,7 @@ def test_point_cloud_recipe_trains_writes_and_resumes(tmp_path):
     for key in ("forward_nfe", "backward_nfe", "final_train_loss", "final_train_accuracy", "separation_rate"):
         assert math.isfinite(summary[key]), key
     assert summary["config"]["runs"] == 1 and summary["config"]["rtol"] == 1e-3
-    runs = _common.read_csv(out / "hbnode" / "runs.csv")
+    runs = read_csv(out / "hbnode" / "runs.csv")
     assert len(runs) == 1 and runs[0]["separated"] in (0, 1)
     assert 0.0 <= runs[0]["final_train_accuracy"] <= 1.0 and runs[0]["final_train_loss"] >= 0
     assert res["separated_runs"] == runs[0]["separated"]
@@ -91,7 +94,7 @@ def test_point_cloud_recipe_trains_writes_and_resumes(tmp_path):
         assert (out / f).stat().st_size > 0
     # --resume continues the finished run for one more epoch and keeps the first two rows
     point_cloud.main(args + ["--epochs", "3", "--resume"])
-    rows3 = _common.read_csv(out / "hbnode" / "run_000" / "metrics.csv")
+    rows3 = read_csv(out / "hbnode" / "run_000" / "metrics.csv")
     assert [r["epoch"] for r in rows3] == [1, 2, 3]
     keys = ("epoch", "train_loss", "test_loss", "forward_nfe", "backward_nfe", "train_accuracy")
     assert [[r[k] for k in keys] for r in rows3[:2]] == [[r[k] for k in keys] for r in rows]
@@ -103,7 +106,7 @@ def test_point_cloud_recipe_trains_writes_and_resumes(tmp_path):
 
 def test_conv_field_sees_time_and_keeps_the_image_shape():
     torch.manual_seed(0)
-    f = _vision.ConvField(3, 8, 2)
+    f = _image_models.ConvField(3, 8, 2)
     x = torch.randn(2, 3, 7, 7)
     a, b = f(torch.tensor(0.0), x), f(torch.tensor(1.0), x)
     assert a.shape == (2, 2, 7, 7)
@@ -112,11 +115,11 @@ def test_conv_field_sees_time_and_keeps_the_image_shape():
     assert torch.allclose(per_sample[0], a[0]) and torch.allclose(per_sample[1], b[1])
 
 
-@pytest.mark.parametrize("model", _vision.MODELS)
+@pytest.mark.parametrize("model", _image_models.MODELS)
 def test_image_model_state_layout(model):
     torch.manual_seed(0)
-    spec = _vision.ImageSpec(1, 6, {"node": 1, "anode": 3, "sonode": 3, "hbnode": 3, "ghbnode": 3}[model], 4)
-    net = _vision.ImageODEClassifier(model, spec, rtol=1e-3, atol=1e-3)
+    spec = _image_models.ImageSpec(1, 6, {"node": 1, "anode": 3, "sonode": 3, "hbnode": 3, "ghbnode": 3}[model], 4)
+    net = _image_models.ImageODEClassifier(model, spec, rtol=1e-3, atol=1e-3)
     x = torch.rand(2, 1, 6, 6)
     z0 = net.initial_state(x)
     order = 2 if model in ("sonode", "hbnode", "ghbnode") else 1
@@ -146,16 +149,17 @@ def test_cifar_jpeg_reader_sorts_labels_and_caches(tmp_path):
     archive.parent.mkdir(parents=True)
     _fake_cifar_tar(archive, [("test/truck/0002.jpg", 200), ("test/airplane/0001.jpg", 10),
                               ("test/cat/0001.jpg", 100)])
-    images, labels = _vision.read_cifar10_jpeg(archive)
+    images, labels = _image_data.read_cifar10_jpeg(archive)
     assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
     assert labels.tolist() == [0, 3, 9]  # sorted by member name: airplane, cat, truck
     assert abs(int(images[0, 0].float().mean()) - 10) <= 3 and abs(int(images[2, 0].float().mean()) - 200) <= 3
     cache = tmp_path / "cache"
-    ds, source = _vision.load_cifar10("test", root=str(tmp_path), download=False, cache=cache)
+    files = [DataFile("cifar10/cifar10_jpeg_q75/test.tar.gz", sha256_file(archive))]  # this fake's own checksum
+    ds, source = _image_data.load_cifar10("test", root=str(tmp_path), download=False, cache=cache, files=files)
     assert source == "jpeg_q75" and len(ds) == 3
     cached = list((cache / "cifar10_jpeg_q75").glob("test-*.pt"))
     assert len(cached) == 1
-    ds2, _ = _vision.load_cifar10("test", root=str(tmp_path), download=False, cache=cache)
+    ds2, _ = _image_data.load_cifar10("test", root=str(tmp_path), download=False, cache=cache, files=files)
     assert torch.equal(ds2.images, ds.images) and torch.equal(ds2.labels, ds.labels)
     x, y = ds[1]
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and int(y) == 3
@@ -165,12 +169,12 @@ def test_cifar_jpeg_bad_member_is_refused(tmp_path):
     archive = tmp_path / "bad.tar.gz"
     _fake_cifar_tar(archive, [("test/not_a_class/0001.jpg", 5)])
     with pytest.raises(ValueError, match="not in a class folder"):
-        _vision.read_cifar10_jpeg(archive)
+        _image_data.read_cifar10_jpeg(archive)
 
 
 @pytest.mark.skipif(not (DATA / "cifar10" / "cifar10_jpeg_q75" / "test.tar.gz").exists(), reason="no CIFAR10 copy")
 def test_cifar_jpeg_reader_on_the_shipped_archive():
-    images, labels = _vision.read_cifar10_jpeg(DATA / "cifar10" / "cifar10_jpeg_q75" / "test.tar.gz", limit=12)
+    images, labels = _image_data.read_cifar10_jpeg(DATA / "cifar10" / "cifar10_jpeg_q75" / "test.tar.gz", limit=12)
     assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8
     assert ((labels >= 0) & (labels < 10)).all()
     assert images.float().std() > 10  # real pictures, not blank
@@ -178,7 +182,7 @@ def test_cifar_jpeg_reader_on_the_shipped_archive():
 
 @pytest.mark.skipif(not (DATA / "mnist" / "MNIST" / "raw").is_dir(), reason="no MNIST copy")
 def test_mnist_recipe_smoke(tmp_path):
-    test = _vision.load_mnist("test", download=False)
+    test = _image_data.load_mnist("test", download=False)
     assert test.images.shape == (10000, 1, 28, 28) and test.images.dtype == torch.uint8
     assert torch.bincount(test.labels).tolist()[:2] == [980, 1135]  # the official test-set counts of 0 and 1
     from recipes import mnist
@@ -186,7 +190,7 @@ def test_mnist_recipe_smoke(tmp_path):
     out = tmp_path / "mnist"
     mnist.main(["--model", "hbnode", "--epochs", "1", "--subset", "16", "--batch-size", "8", "--max-batches", "1",
                 "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out), "--device", "cpu", "--no-download"])
-    rows = _common.read_csv(out / "hbnode" / "metrics.csv")
+    rows = read_csv(out / "hbnode" / "metrics.csv")
     assert len(rows) == 1
     r = rows[0]
     assert r["forward_nfe"] > 0 and r["backward_nfe"] > 0 and r["seconds"] > 0
@@ -201,7 +205,7 @@ def test_mnist_tolerance_sweep(tmp_path):
 
     mnist.main(["--model", "sonode", "--epochs", "1", "--subset", "8", "--batch-size", "8", "--max-batches", "1",
                 "--tolerances", "1e-2", "1e-4", "--out", str(tmp_path), "--device", "cpu", "--no-download"])
-    rows = _common.read_csv(tmp_path / "tolerance_sweep.csv")
+    rows = read_csv(tmp_path / "tolerance_sweep.csv")
     assert [(r["tolerance"], r["model"]) for r in rows] == [(1e-2, "sonode"), (1e-4, "sonode")]
     assert rows[1]["forward_nfe"] > rows[0]["forward_nfe"]  # a tighter tolerance takes more steps
     cfg = json.loads((tmp_path / "tol_0.0001" / "sonode" / "summary.json").read_text())["config"]
@@ -266,7 +270,7 @@ def test_heavy_ball_accelerates_towards_the_minimum(flows):
 
 def test_rosenbrock_beale_recipe_writes_csv_and_figure(tmp_path):
     res = rosenbrock_beale.main(["--function", "beale", "--out", str(tmp_path)])
-    rows = _common.read_csv(tmp_path / "trajectories.csv")
+    rows = read_csv(tmp_path / "trajectories.csv")
     assert {r["method"] for r in rows} == {"ode", "hbode"} and len(rows) == 2 * 201
     assert all(math.isfinite(r["distance"]) for r in rows)
     assert rows[-1]["distance"] == pytest.approx(res["summary"]["beale"]["hbode"]["final_distance"])
@@ -281,7 +285,7 @@ def test_rosenbrock_beale_recipe_writes_csv_and_figure(tmp_path):
 @pytest.mark.skipif(not (DATA / "silverbox" / "sb.csv").exists(), reason="no Silverbox copy")
 def test_silverbox_init_ghbnode_stays_bounded(tmp_path):
     res = silverbox_init.run(tmp_path, inits=2, t1=16.0, points_per_unit=1)
-    rows = _common.read_csv(tmp_path / "silverbox_init.csv")
+    rows = read_csv(tmp_path / "silverbox_init.csv")
     assert len(rows) == 16
     for m in silverbox_init.MODELS:
         assert all(math.isfinite(r[f"log10_h_{m}"]) for r in rows), m

@@ -22,7 +22,10 @@ import torch
 
 import odernn
 from odernn.data import MissingDataError, ensure_dataset
-from recipes import _common, plane_vibration, walker2d
+from recipes import plane_vibration, walker2d
+from recipes._checkpoint import load_checkpoint, save_checkpoint
+from recipes._files import atomic_write_csv
+from recipes._loops import count_parameters
 from recipes._ncde import NeuralCDE, ncde_num_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,14 +56,14 @@ def _rows(path: Path) -> list[dict]:
 @pytest.mark.parametrize("name", sorted(plane_vibration.TABLE4_PARAMS))
 def test_plane_vibration_param_counts_match_table4(name):
     args = plane_vibration.make_parser().parse_args([])
-    n = _common.count_parameters(plane_vibration.build_model(name, args))
+    n = count_parameters(plane_vibration.build_model(name, args))
     assert abs(n / plane_vibration.TABLE4_PARAMS[name] - 1) <= 0.02, (name, n)
 
 
 @pytest.mark.parametrize("name", sorted(walker2d.TABLE4_PARAMS))
 def test_walker2d_param_counts_match_table4(name):
     args = walker2d.make_parser().parse_args([])
-    n = _common.count_parameters(walker2d.build_model(name, args))
+    n = count_parameters(walker2d.build_model(name, args))
     assert abs(n / walker2d.TABLE4_PARAMS[name] - 1) <= 0.02, (name, n)
 
 
@@ -80,7 +83,7 @@ def test_architectures_follow_appendix_e():
 def test_ncde_is_sized_like_the_hybrids_and_causal():
     for mod in (plane_vibration, walker2d):
         args = mod.make_parser().parse_args([])
-        n = _common.count_parameters(mod.build_model("ncde", args)) if mod is plane_vibration else \
+        n = count_parameters(mod.build_model("ncde", args)) if mod is plane_vibration else \
             ncde_num_params(17, walker2d.NCDE_HIDDEN, walker2d._ncde_width(), 17)
         assert abs(n / mod.TABLE4_PARAMS["hbnode"] - 1) <= 0.02
     torch.manual_seed(0)
@@ -145,7 +148,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     # a row written after the checkpoint (as if killed between the two writes) must be dropped on resume
     mpath = tmp_path / "b" / "hbnode" / "metrics.csv"
     rows = _rows(mpath)
-    _common.atomic_write_csv(rows + [{**rows[0], "epoch": "2", "train_loss": "123.0"}], mpath)
+    atomic_write_csv(rows + [{**rows[0], "epoch": "2", "train_loss": "123.0"}], mpath)
     walker2d.main([*base, "--epochs", "2", "--resume", "--out", str(tmp_path / "b")])
     ra, rb = _rows(tmp_path / "a" / "hbnode" / "metrics.csv"), _rows(mpath)
     assert [r["epoch"] for r in rb] == ["1", "2"]
@@ -163,7 +166,7 @@ def test_checkpoint_survives_a_crash_during_save(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(model.parameters())
     path = tmp_path / "checkpoint.pt"
-    _common.save_checkpoint(path, model=model, optimizer=opt, epoch=1)
+    save_checkpoint(path, model=model, optimizer=opt, epoch=1)
     before = path.read_bytes()
 
     def torn_save(obj, f, *a, **k):
@@ -174,12 +177,12 @@ def test_checkpoint_survives_a_crash_during_save(tmp_path, monkeypatch):
     with torch.no_grad():
         model.weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
-        _common.save_checkpoint(path, model=model, optimizer=opt, epoch=2)
+        save_checkpoint(path, model=model, optimizer=opt, epoch=2)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]  # temporary file removed
     fresh = torch.nn.Linear(3, 2)
-    assert _common.load_checkpoint(path, model=fresh, restore_rng=False)["epoch"] == 1
+    assert load_checkpoint(path, model=fresh, restore_rng=False)["epoch"] == 1
 
 
 def test_killing_a_writer_never_leaves_a_torn_checkpoint(tmp_path):
@@ -188,7 +191,7 @@ def test_killing_a_writer_never_leaves_a_torn_checkpoint(tmp_path):
     code = textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(REPO)!r})
-        from recipes._common import atomic_save
+        from recipes._files import atomic_save
         i = 0
         while True:
             atomic_save({{"i": i, "w": torch.full((300_000,), float(i))}}, {str(path)!r})
@@ -225,18 +228,20 @@ def test_ddp_two_cpu_processes(tmp_path):
     script = tmp_path / "ddp_check.py"
     script.write_text(textwrap.dedent(f"""
         import sys, torch
-        from recipes import _common, walker2d
+        from recipes import walker2d
+        from recipes._distributed import init_distributed, make_loader
+        from recipes._loops import train_epoch
         argv = ["--model", "hbnode", "--epochs", "1", "--max-batches", "1", "--batch-size", "4",
                 "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--out", {str(out)!r}]
         args = walker2d.make_parser().parse_args(argv)
         # replicas in sync: start from different seeds, train one step on different shards, compare
-        ctx = _common.init_distributed("cpu")
+        ctx = init_distributed("cpu")
         torch.manual_seed(100 + ctx.rank)
         model = walker2d.build_model("hbnode", args)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        loader = _common.make_loader(walker2d.datasets(args)["train"], batch_size=4, train=True, seed=0, ctx=ctx)
-        stats = _common.train_epoch(ddp, loader, opt, walker2d.step_mse, device=ctx.device, ctx=ctx, max_batches=1)
+        loader = make_loader(walker2d.datasets(args)["train"], batch_size=4, train=True, seed=0, ctx=ctx)
+        stats = train_epoch(ddp, loader, opt, walker2d.step_mse, device=ctx.device, ctx=ctx, max_batches=1)
         idx = list(loader.sampler)[:4]
         torch.save({{"state": model.state_dict(), "idx": idx, "stats": stats}}, {str(tmp_path)!r} + f"/rank{{ctx.rank}}.pt")
         walker2d.main(argv)  # the CLI path (reuses the process group, closes it): DDP, sampler, rank-0 files

@@ -1,0 +1,184 @@
+"""Checkpoints that load without executing code, and the check that a resume continues the same run.
+
+A checkpoint (format 2) is one file written atomically by :func:`save_checkpoint` and read by :func:`load_checkpoint`
+with ``torch.load(weights_only=True)``: it holds only tensors, numbers and strings::
+
+    {"format": 2, "epoch": int, "model": state_dict, "optimizer": state_dict, "generator": ByteTensor | None,
+     "rng": {name: Tensor | [Tensor]}, "meta": "<JSON text>"}
+
+``meta`` is JSON: the epoch, the scalar parts of the random state, what the recipe stored (``extra``: the model name,
+the settings, the configuration), the torch version and the time of writing. An empty, truncated or foreign file, or
+one that could only be read by unpickling arbitrary objects, raises :class:`CheckpointError` with what was found and
+what to do, never a traceback from pickle. Checkpoints of format 1 (pickled, before this module) load only with
+``trusted=True``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ._cli import RESUME_SAFE_FLAGS, RecipeError
+from ._distributed import unwrap
+from ._files import atomic_save, jsonable
+from ._random import rng_state, set_rng_state
+
+__all__ = ["CHECKPOINT_NAME", "FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "settings_of",
+           "settings_differences", "check_resume_settings"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 2
+_KEYS = ("format", "epoch", "model", "optimizer", "generator", "rng", "meta")
+
+
+class CheckpointError(RecipeError, ValueError):
+    """A checkpoint that cannot be used: empty, truncated, foreign, unsafe to load, or from different settings."""
+
+
+def save_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                    generator: Optional[torch.Generator] = None, extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Atomically save model, optimizer, epoch, every global random state and the DataLoader generator's state.
+
+    Args:
+        path: checkpoint file.
+        model: the model (a DDP wrapper is unwrapped).
+        optimizer: its optimizer.
+        epoch: the last *completed* epoch.
+        generator: the training DataLoader's generator (its state decides the next shuffles).
+        extra: JSON-able facts to store with it (model name, settings, configuration).
+    """
+    rng = rng_state()
+    meta = {"format": FORMAT, "epoch": int(epoch), "rng": rng["numbers"], "extra": jsonable(dict(extra or {})),
+            "torch": torch.__version__,
+            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    ckpt = {"format": FORMAT, "epoch": int(epoch), "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(), "generator": None if generator is None else generator.get_state(),
+            "rng": rng["tensors"], "meta": json.dumps(meta)}
+    return atomic_save(ckpt, path)
+
+
+def _fail(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"cannot use the checkpoint {path}: {what}. Delete or move it and start again (with "
+                           f"--overwrite), or resume from an intact copy")
+
+
+def _read(path: Path, trusted: bool) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise _fail(path, "the file is empty (0 bytes)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear error
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+            raise _fail(path, "it holds Python objects that can only be loaded by executing code (an odernn "
+                              "checkpoint of format 1 or a foreign file); it is not loaded, for safety. A format-1 "
+                              "checkpoint you wrote yourself loads with load_checkpoint(..., trusted=True)") from None
+        raise _fail(path, f"it is not a readable PyTorch file of {size:,} bytes (truncated or damaged?): "
+                          f"{type(e).__name__}: {text}") from None
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise _fail(path, f"it is not an odernn recipe checkpoint (expected a dict with keys {list(_KEYS)}, found "
+                          f"{type(ckpt).__name__}{' with keys ' + str(sorted(map(str, ckpt)))[:200] if isinstance(ckpt, dict) else ''})")
+    if ckpt["format"] == 1 and trusted:
+        return ckpt
+    if ckpt["format"] != FORMAT or not all(k in ckpt for k in _KEYS):
+        raise _fail(path, f"it is not an odernn recipe checkpoint of format {FORMAT} (format {ckpt.get('format')!r}, "
+                          f"keys {sorted(map(str, ckpt))})")
+    try:
+        ckpt["meta"] = json.loads(ckpt["meta"])
+    except (TypeError, ValueError) as e:
+        raise _fail(path, f"its metadata is not valid JSON ({e})") from None
+    return ckpt
+
+
+def load_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    generator: Optional[torch.Generator] = None, restore_rng: bool = True,
+                    trusted: bool = False) -> dict:
+    """Load what :func:`save_checkpoint` wrote into ``model`` / ``optimizer`` / ``generator`` and restore the random
+    states, without executing code from the file.
+
+    Args:
+        path: the checkpoint.
+        model, optimizer, generator: what to load into (``optimizer``/``generator`` optional).
+        restore_rng: restore python's, numpy's and torch's global random states.
+        trusted: also read format-1 checkpoints, which are pickles: only for files you wrote yourself.
+
+    Returns:
+        ``{"epoch": int, "extra": dict, "meta": dict}``.
+
+    Raises:
+        FileNotFoundError: if there is no checkpoint. CheckpointError (a ValueError): for an empty, truncated, foreign
+        or unsafe file, or one whose model does not fit ``model``.
+    """
+    path = Path(path)
+    ckpt = _read(path, trusted)
+    if ckpt["format"] == 1:  # trusted legacy pickle
+        meta = {"epoch": ckpt["epoch"], "extra": ckpt.get("extra", {}), "rng": None}
+    else:
+        meta = ckpt["meta"]
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise _fail(path, f"it holds a different model or optimizer than this run builds ({e})") from None
+    if generator is not None and ckpt.get("generator") is not None:
+        generator.set_state(ckpt["generator"])
+    if restore_rng:
+        if ckpt["format"] == 1:
+            import random
+
+            import numpy as np
+            random.setstate(ckpt["rng"]["python"])
+            np.random.set_state(ckpt["rng"]["numpy"])
+            torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        else:
+            set_rng_state({"tensors": ckpt["rng"], "numbers": meta["rng"]})
+    return {"epoch": int(ckpt["epoch"]), "extra": dict(meta.get("extra") or {}), "meta": meta}
+
+
+def settings_of(args: Any) -> dict[str, Any]:
+    """The settings of a run as JSON values: ``vars(args)`` (an ``argparse.Namespace`` or a mapping)."""
+    return jsonable(dict(args) if isinstance(args, Mapping) else dict(vars(args)))
+
+
+def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         safe: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """``{name: (saved, current)}`` for every setting that differs, except :data:`RESUME_SAFE_FLAGS` and ``safe``.
+
+    A setting present on one side only counts as a difference (its other value shown as ``"<absent>"``).
+    """
+    skip = RESUME_SAFE_FLAGS | set(safe)
+    out = {}
+    for key in sorted(set(saved) | set(current)):
+        if key in skip:
+            continue
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if jsonable(a) != jsonable(b):
+            out[key] = (a, b)
+    return out
+
+
+def check_resume_settings(path: Union[str, os.PathLike], saved: Mapping[str, Any], current: Mapping[str, Any],
+                          safe: Iterable[str] = ()) -> None:
+    """Refuse to resume from ``path`` when the settings differ from those the checkpoint was written with.
+
+    Raises:
+        CheckpointError: naming each differing flag with the checkpoint's value and the value given now.
+    """
+    diff = settings_differences(saved, current, safe)
+    if diff:
+        flags = ", ".join(f"--{k.replace('_', '-')} (checkpoint: {a!r}, now: {b!r})" for k, (a, b) in diff.items())
+        may = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUME_SAFE_FLAGS | set(safe))
+                        if k not in ("argv", "model", "resume", "overwrite"))
+        raise CheckpointError(f"--resume refused: the settings differ from those of the checkpoint {path}: {flags}. "
+                              f"A resumed run must continue the same run; only {may} may change. Rerun with the "
+                              f"checkpoint's values, or start a new run with --overwrite or another --out")

@@ -1,0 +1,205 @@
+"""The command line every recipe shares: flags, their validation, the recorded command, and clean error exits.
+
+::
+
+    parser = base_parser("Walker2D", models=("node", "hbnode"), defaults={"batch_size": 256, "lr": 3e-3})
+    args = parser.parse_args()          # args.argv: the exact command line, e.g. for config.json
+
+Bad values are refused by argparse with a message that says what was received and what is expected (``--epochs 0``,
+``--workers -3``, ``--out`` naming a file). :func:`run_cli` turns a :class:`RecipeError` (a run folder in use, a
+refused resume, a damaged checkpoint) into ``<prog>: error: ...`` and exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+__all__ = ["RecipeError", "RecipeParser", "RESUME_SAFE_FLAGS", "base_parser", "add_hybrid_flags", "xi_kwargs",
+           "expand_models", "positive_int", "nonnegative_int", "positive_float", "folder_path", "run_cli"]
+
+
+class RecipeError(RuntimeError):
+    """A refusal with a message meant for the user (the command line prints it without a traceback)."""
+
+
+#: Settings a ``--resume`` may change: they do not change what is computed (how long, where, how fast, how it is
+#: shown, where files go). ``data_root``: the loaders verify the registered SHA-256 of every file they read.
+RESUME_SAFE_FLAGS = frozenset({"epochs", "threads", "device", "workers", "progress", "resume", "overwrite", "out",
+                               "checkpoint_dir", "data_root", "download", "argv", "model"})
+
+_DEFAULTS = dict(epochs=500, max_batches=None, max_eval_batches=None, batch_size=64, eval_batch_size=None, lr=1e-3,
+                 rtol=1e-7, atol=1e-7, adjoint=True, adjoint_clip=None, seed=0, device="auto", out=None,
+                 checkpoint_dir=None, resume=False, overwrite=False, threads=None, workers=0, progress=None)
+
+
+def positive_int(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (1 or more), got {s!r}")
+    return v
+
+
+def nonnegative_int(s: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer (0 or more), got {s!r}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
+    return v
+
+
+def folder_path(s: str) -> str:
+    """argparse type: a folder that exists or can be created (not a file, not below a file)."""
+    if not s:
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
+    p = Path(s).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = "is an existing file" if q == p else f"lies below {str(q)!r}, which is a file"
+                raise argparse.ArgumentTypeError(f"expected a folder, but {s!r} {what}; give a folder path")
+            break
+    return str(p)
+
+
+class RecipeParser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` that records the exact command line as ``args.argv``.
+
+    ``args.argv`` is ``shlex.split(prog) + the arguments parsed`` (e.g. ``["python", "-m", "recipes.walker2d",
+    "--model", "hbnode"]``), so ``shlex.join(args.argv)`` reruns the same command.
+    """
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None):
+        given = list(sys.argv[1:] if args is None else args)
+        ns, extra = super().parse_known_args(given, namespace)
+        ns.argv = [*shlex.split(self.prog), *given]
+        return ns, extra
+
+
+def base_parser(description: str, *, models: Sequence[str], defaults: Optional[Mapping[str, Any]] = None,
+                prog: Optional[str] = None) -> RecipeParser:
+    """An argument parser with the flags every recipe shares; add recipe-specific flags to the returned parser.
+
+    Flags: ``--model {models..., all}``, ``--epochs``, ``--max-batches`` (training batches per epoch, for smoke
+    runs), ``--max-eval-batches`` (per evaluation set; defaults to ``--max-batches``), ``--batch-size``,
+    ``--eval-batch-size`` (default: ``--batch-size``), ``--lr``, ``--rtol``, ``--atol``, ``--adjoint/--no-adjoint``,
+    ``--adjoint-clip``, ``--seed``, ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``--out``,
+    ``--checkpoint-dir``, ``--resume`` / ``--overwrite``, ``--threads`` (``torch.set_num_threads``), ``--workers``
+    (DataLoader worker processes), ``--progress/--no-progress``.
+
+    Args:
+        description: shown by ``--help``.
+        models: the model names this recipe offers; ``all`` is added (it runs them in order and compares them).
+        defaults: overrides of the shared defaults, keyed by destination (``batch_size``, ``lr``, ``epochs``,
+            ``out``, ``model``, ...). ``model`` defaults to ``"all"``.
+        prog: program name for the usage line and the recorded command (``python -m recipes.<name>``).
+
+    Raises:
+        ValueError: for an empty ``models`` or a default key that is not a shared flag.
+    """
+    models = tuple(models)
+    if not models or "all" in models:
+        raise ValueError(f"models must be a non-empty sequence of names without 'all', got {models!r}")
+    d = dict(_DEFAULTS, model="all")
+    for key, value in (defaults or {}).items():
+        if key not in d:
+            raise ValueError(f"unknown default {key!r}; shared flags are {sorted(d)}")
+        d[key] = value
+    p = RecipeParser(description=description, prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=(*models, "all"), default=d["model"],
+                   help="which model to train; 'all' trains each in turn and writes a comparison")
+    p.add_argument("--epochs", type=positive_int, default=d["epochs"], help="number of epochs")
+    p.add_argument("--max-batches", type=positive_int, default=d["max_batches"],
+                   help="at most this many training batches per epoch (smoke runs); default: all")
+    p.add_argument("--max-eval-batches", type=positive_int, default=d["max_eval_batches"],
+                   help="at most this many batches per evaluation set; default: --max-batches")
+    p.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="training batch size")
+    p.add_argument("--eval-batch-size", type=positive_int, default=d["eval_batch_size"],
+                   help="evaluation batch size; default: --batch-size")
+    p.add_argument("--lr", type=positive_float, default=d["lr"], help="Adam learning rate")
+    p.add_argument("--rtol", type=positive_float, default=d["rtol"], help="relative tolerance of dopri5")
+    p.add_argument("--atol", type=positive_float, default=d["atol"], help="absolute tolerance of dopri5")
+    p.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=d["adjoint"],
+                   help="differentiate with the adjoint method (else backpropagate through the solver)")
+    p.add_argument("--adjoint-clip", type=positive_float, default=d["adjoint_clip"],
+                   help="clip the per-sample l2 norm of the adjoint state at every observation (paper Sec. 4)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="random seed (model init, shuffling)")
+    p.add_argument("--device", default=d["device"], help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", type=folder_path, default=d["out"], help="output folder DIR; each model writes DIR/<model>/")
+    p.add_argument("--checkpoint-dir", type=folder_path, default=d["checkpoint_dir"],
+                   help="keep checkpoints in CKPT/<model>/checkpoint.pt instead of DIR/<model>/ (e.g. outside a "
+                        "folder that is committed)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", default=d["resume"],
+                       help="continue from the model's checkpoint where it exists (the settings must match it)")
+    again.add_argument("--overwrite", action="store_true", default=d["overwrite"],
+                       help="replace a run that already exists in DIR/<model>/ (without it, such a run is refused)")
+    p.add_argument("--threads", type=positive_int, default=d["threads"], help="torch.set_num_threads")
+    p.add_argument("--workers", type=nonnegative_int, default=d["workers"], help="DataLoader worker processes")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d["progress"],
+                   help="progress bars on stderr (default: only when stderr is a terminal)")
+    return p
+
+
+def add_hybrid_flags(p: argparse.ArgumentParser, *, xi0: float, xi0_help: str) -> argparse.ArgumentParser:
+    """Flags shared by the ODE-RNN hybrid recipes: ``--grad-clip``, ``--xi0`` and ``--data-root``."""
+    p.add_argument("--grad-clip", type=float, default=1.0,
+                   help="clip the parameter-gradient norm after backward (official code: 1.0); 0 disables")
+    p.add_argument("--xi0", type=positive_float, default=xi0, help=xi0_help)
+    p.add_argument("--data-root", default=None, help="data root (default $ODERNN_DATA or the user cache)")
+    return p
+
+
+def xi_kwargs(name: str, xi0: float) -> dict:
+    """GHBNODE's ``chi`` for an initial ``xi = softplus(chi) = xi0`` (other models: nothing)."""
+    if name != "ghbnode":
+        return {}
+    if not xi0 > 0:
+        raise ValueError(f"--xi0 must be positive (xi = softplus(chi) > 0), got {xi0!r}")
+    return {"chi": xi0 + math.log(-math.expm1(-xi0))}
+
+
+def expand_models(choice: str, models: Sequence[str]) -> list[str]:
+    """``"all"`` -> every model, in order; a single name -> ``[name]``.
+
+    Raises:
+        ValueError: for a name that is not in ``models``.
+    """
+    if choice == "all":
+        return list(models)
+    if choice not in models:
+        raise ValueError(f"unknown model {choice!r}; expected one of {list(models)} or 'all'")
+    return [choice]
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None,
+            prog: Optional[str] = None) -> None:
+    """Run a recipe's ``main(argv)`` as a command: a :class:`RecipeError` prints ``<prog>: error: <message>`` on
+    stderr and exits with status 2 (argparse's convention), without a traceback."""
+    try:
+        main(argv)
+    except RecipeError as e:
+        print(f"{prog or Path(sys.argv[0]).name}: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,200 @@
+"""Training and evaluation loops: one epoch of training and one pass of evaluation, each with NFE accounting.
+
+Both loops move batches to the device, count vector-field evaluations per batch (forward and backward) through the
+model's NFE counter (:func:`nfe_counter_for`), time themselves and sum their metrics over processes under DDP.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+import odernn
+
+from ._distributed import DistContext, all_reduce_sums, unwrap
+
+__all__ = ["LossFn", "TrainingDiverged", "progress", "nfe_counter_for", "train_epoch", "evaluate", "to_device",
+           "batch_size_of", "count_parameters"]
+
+LossFn = Callable[[nn.Module, Any], Union[Tensor, Mapping[str, Tensor]]]
+
+
+class TrainingDiverged(RuntimeError):
+    """A training batch gave a non-finite loss."""
+
+
+def progress(iterable: Iterable, *, desc: str = "", total: Optional[int] = None, enabled: Optional[bool] = True,
+             leave: bool = False) -> Iterable:
+    """A tqdm progress bar on stderr.
+
+    Args:
+        enabled: True shows it only when stderr is a terminal; False hides it; None: the same as True.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True,
+                disable=enabled is False or not sys.stderr.isatty())
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside a (nested) dict / list / tuple to ``device``; other values are kept."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Leading size of the first tensor found in a batch (tensor, dict, list or tuple)."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        try:
+            return batch_size_of(v)
+        except TypeError:
+            continue
+    raise TypeError(f"cannot find a tensor in a batch of type {type(batch).__name__}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars (parameters with ``requires_grad``), counting shared parameters once."""
+    return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
+
+
+def nfe_counter_for(model: nn.Module):
+    """The NFE context manager for ``model``: ``model.nfe_counter()`` if the (unwrapped) model defines one, else
+    :func:`odernn.nfe_counter` if it contains odernn dynamics, else the ``nfe_counter()`` of the first submodule that
+    defines one (models not built on odernn dynamics, e.g. the Neural CDE baseline inside a wrapper).
+    The context yields an object with ``forward`` and ``backward`` counts."""
+    inner = unwrap(model)
+    custom = getattr(inner, "nfe_counter", None)
+    if callable(custom):
+        return custom()
+    if any(isinstance(m, odernn.Dynamics) for m in inner.modules()):
+        return odernn.nfe_counter(model)
+    for m in inner.modules():  # e.g. a wrapper around a model that counts its own evaluations
+        custom = getattr(m, "nfe_counter", None)
+        if callable(custom):
+            return custom()
+    raise ValueError(f"{type(inner).__name__} contains no odernn dynamics and no module with an nfe_counter()")
+
+
+def _split_loss(out: Union[Tensor, Mapping[str, Tensor]]) -> tuple[Tensor, dict[str, float]]:
+    if isinstance(out, Tensor):
+        return out, {}
+    if not isinstance(out, Mapping) or "loss" not in out:
+        raise TypeError(f"a loss function must return a scalar tensor or a dict with a 'loss' entry, got "
+                        f"{type(out).__name__}")
+    return out["loss"], {k: float(v) for k, v in out.items() if k != "loss"}
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
+                device: torch.device, ctx: Optional[DistContext] = None, max_batches: Optional[int] = None,
+                desc: str = "train", grad_clip: Optional[float] = None,
+                show_progress: Optional[bool] = None) -> dict[str, float]:
+    """One pass over ``loader`` (at most ``max_batches`` batches), measuring NFE per batch and time.
+
+    Args:
+        model: the model (possibly DDP-wrapped); ``loss_fn(model, batch)`` must call it.
+        loader: training batches (moved to ``device`` here).
+        optimizer: stepped once per batch.
+        loss_fn: returns the scalar batch-mean loss to minimise, or a dict with ``loss`` and other batch means to log
+            (logged as ``train_<name>``).
+        device: where batches go.
+        ctx: distributed context (metrics are all-reduced over processes).
+        max_batches: stop after this many batches.
+        desc: progress-bar label.
+        grad_clip: optional clip of the parameter-gradient norm (not the paper's adjoint clip).
+        show_progress: see :func:`progress` (only rank 0 shows one).
+
+    Returns:
+        ``loss`` (mean over samples), ``forward_nfe`` and ``backward_nfe`` (means per batch), ``batches``,
+        ``seconds`` (wall time of the loop) and ``train_<name>`` for extra outputs of ``loss_fn``.
+
+    Raises:
+        TrainingDiverged: (a RuntimeError) when a batch gives a non-finite loss (nothing is stepped with it).
+    """
+    ctx = ctx or DistContext(device=device)
+    model.train()
+    sums: dict[str, float] = {"loss": 0.0, "n": 0.0, "fwd": 0.0, "bwd": 0.0, "batches": 0.0}
+    total = len(loader) if max_batches is None else min(max_batches, len(loader))
+    start = time.perf_counter()
+    shown = ctx.is_main and show_progress is not False
+    for i, batch in enumerate(progress(loader, desc=desc, total=total, enabled=shown)):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = to_device(batch, device)
+        n = batch_size_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        with nfe_counter_for(model) as nfe:
+            loss, extra = _split_loss(loss_fn(model, batch))
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"non-finite training loss {loss.item()} at batch {i}; lower --lr or tighten "
+                                       f"--rtol/--atol")
+            loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        sums["loss"] += float(loss.detach()) * n
+        sums["n"] += n
+        sums["fwd"] += nfe.forward
+        sums["bwd"] += nfe.backward
+        sums["batches"] += 1
+        for k, v in extra.items():
+            sums["train_" + k] = sums.get("train_" + k, 0.0) + v * n
+    seconds = time.perf_counter() - start
+    sums = all_reduce_sums(sums, ctx)
+    if sums["n"] == 0:
+        raise ValueError("the training loader gave no batches")
+    out = {"loss": sums["loss"] / sums["n"], "forward_nfe": sums["fwd"] / sums["batches"],
+           "backward_nfe": sums["bwd"] / sums["batches"], "batches": int(sums["batches"]), "seconds": seconds}
+    out.update({k: v / sums["n"] for k, v in sums.items() if k.startswith("train_")})
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, metric_fn: LossFn, *, device: torch.device,
+             ctx: Optional[DistContext] = None, max_batches: Optional[int] = None,
+             desc: str = "eval", show_progress: Optional[bool] = None) -> dict[str, float]:
+    """Mean of ``metric_fn(model, batch)`` over samples (batch means weighted by batch size), without gradients.
+
+    Returns:
+        ``loss`` and any other entries ``metric_fn`` returned (sample means), ``nfe`` (forward NFE per batch),
+        ``batches`` and ``seconds``. Under DDP each process evaluates its shard and the sums are all-reduced.
+    """
+    ctx = ctx or DistContext(device=device)
+    model = unwrap(model)
+    model.eval()
+    sums: dict[str, float] = {"n": 0.0, "nfe": 0.0, "batches": 0.0}
+    total = len(loader) if max_batches is None else min(max_batches, len(loader))
+    start = time.perf_counter()
+    shown = ctx.is_main and show_progress is not False
+    for i, batch in enumerate(progress(loader, desc=desc, total=total, enabled=shown)):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = to_device(batch, device)
+        n = batch_size_of(batch)
+        with nfe_counter_for(model) as nfe:
+            loss, extra = _split_loss(metric_fn(model, batch))
+        for k, v in {"loss": float(loss), **extra}.items():
+            sums["m_" + k] = sums.get("m_" + k, 0.0) + v * n
+        sums["n"] += n
+        sums["nfe"] += nfe.forward
+        sums["batches"] += 1
+    seconds = time.perf_counter() - start
+    keys = sorted(sums)  # the same order on every rank
+    sums = all_reduce_sums({k: sums.get(k, 0.0) for k in keys}, ctx)
+    if sums["n"] == 0:
+        return {"loss": float("nan"), "nfe": float("nan"), "batches": 0, "seconds": seconds}
+    out = {k[2:]: v / sums["n"] for k, v in sums.items() if k.startswith("m_")}
+    out.update(nfe=sums["nfe"] / sums["batches"], batches=int(sums["batches"]), seconds=seconds)
+    return out

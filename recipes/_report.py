@@ -1,0 +1,192 @@
+"""Metrics and reporting: the per-epoch ``metrics.csv``, ``summary.json``, figures, and the model comparison.
+
+Figures are drawn with matplotlib's non-interactive Agg backend (:func:`pyplot`) and written atomically
+(:func:`save_figure`). :func:`plot_curves` draws one panel per metric against the epoch, one line per model; the
+comparison of a ``--model all`` run (:func:`compare_models`) and the reproduction report (:mod:`recipes.report`) both
+use it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ._files import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
+
+__all__ = ["METRIC_COLUMNS", "MetricsWriter", "write_summary", "pyplot", "save_figure", "plot_curves", "load_runs",
+           "compare_models", "fmt"]
+
+#: Columns every recipe writes to ``metrics.csv`` (recipes may add more after these).
+METRIC_COLUMNS = ("epoch", "train_loss", "valid_loss", "test_loss", "forward_nfe", "backward_nfe", "valid_nfe",
+                  "test_nfe", "seconds", "eval_seconds")
+
+PathLike = Union[str, os.PathLike]
+
+
+class MetricsWriter:
+    """Per-epoch rows of ``<folder>/metrics.csv``; the whole file is rewritten atomically on every append.
+
+    Args:
+        folder: the model's output folder.
+        columns: leading columns, in order (default :data:`METRIC_COLUMNS`); other keys follow in order of first
+            appearance.
+        resume_epoch: ``None`` starts a fresh file (existing rows are discarded); an int keeps the existing rows with
+            ``epoch <= resume_epoch`` (rows written after the checkpoint that a resumed run starts from are dropped).
+    """
+
+    def __init__(self, folder: PathLike, *, columns: Sequence[str] = METRIC_COLUMNS,
+                 resume_epoch: Optional[int] = None) -> None:
+        self.path = Path(folder) / "metrics.csv"
+        self.columns = list(columns)
+        self.rows: list[dict[str, Any]] = []
+        if resume_epoch is not None and self.path.exists():
+            self.rows = [r for r in read_csv(self.path) if r.get("epoch") is not None and r["epoch"] <= resume_epoch]
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Add a row (must hold ``epoch``) and rewrite the file."""
+        if "epoch" not in row:
+            raise ValueError(f"a metrics row needs an 'epoch', got keys {sorted(row)}")
+        self.rows.append(dict(row))
+        self.flush()
+
+    def flush(self) -> None:
+        cols = list(self.columns)
+        for r in self.rows:
+            cols += [k for k in r if k not in cols]
+        atomic_write_csv(self.rows, self.path, cols)
+
+    @property
+    def last(self) -> Optional[dict[str, Any]]:
+        return self.rows[-1] if self.rows else None
+
+
+def write_summary(folder: PathLike, *, model: str, num_params: int, final: Optional[Mapping[str, Any]],
+                  config: Mapping[str, Any], extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``<folder>/summary.json``: model, num_params, the final metrics row (flattened) and the configuration."""
+    data: dict[str, Any] = {"model": model, "num_params": int(num_params)}
+    data.update(dict(final or {}))
+    if extra:
+        data.update(extra)
+    data["config"] = dict(config)
+    return atomic_write_json(data, Path(folder) / "summary.json")
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (recipes never open windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: PathLike, *, dpi: int = 110) -> Path:
+    """Render ``fig`` to PNG and write it atomically to ``path``; closes the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return atomic_write_bytes(buf.getvalue(), path)
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """A table cell: ``-`` for missing/NaN, ``digits`` significant digits for floats, thousands separators for ints."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], panels: Sequence[tuple[str, str, bool]],
+                path: PathLike, *, title: str = "", columns: int = 3) -> Path:
+    """One panel per ``(column, label, log_y)`` of ``panels``: the column against ``epoch``, one line per run.
+
+    Args:
+        runs: ``{label: metrics rows}`` (rows as :func:`recipes._files.read_csv` returns them).
+        panels: what to draw; a column missing from a run's rows is skipped for that run.
+        path: the PNG to write.
+        title: figure title.
+        columns: panels per row.
+    """
+    plt = pyplot()
+    n_rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(4.4 * columns, 3.5 * n_rows), constrained_layout=True,
+                             squeeze=False)
+    for ax, (key, label, logy) in zip(axes.ravel(), panels):
+        for name, rows in runs.items():
+            pts = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), label=name, marker="." if len(pts) < 30 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if logy and any(ax.get_lines()):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    if any(axes[0, 0].get_lines()):
+        axes[0, 0].legend()
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def load_runs(out_dir: PathLike, models: Sequence[str]) -> dict[str, tuple[list[dict], dict]]:
+    """``{model: (metrics rows, info)}`` for each ``out_dir/<model>/metrics.csv`` that exists; ``info`` is
+    ``summary.json`` (else ``config.json``, else empty)."""
+    out_dir = Path(out_dir)
+    runs: dict[str, tuple[list[dict], dict]] = {}
+    for m in models:
+        mpath = out_dir / m / "metrics.csv"
+        if not mpath.exists():
+            continue
+        info: dict = {}
+        for name in ("summary.json", "config.json"):
+            if (out_dir / m / name).exists():
+                info = json.loads((out_dir / m / name).read_text())
+                break
+        runs[m] = (read_csv(mpath), info)
+    return runs
+
+
+def compare_models(out_dir: PathLike, models: Sequence[str], *, title: str = "") -> tuple[Path, Path]:
+    """Write ``out_dir/comparison.md`` (one row per model) and ``out_dir/comparison.png`` (Fig. 7/8-like panels:
+    train loss, valid loss, test loss, forward NFE, backward NFE and seconds per epoch, one line per model).
+
+    Reads ``out_dir/<model>/metrics.csv`` and ``summary.json`` (``config.json`` if there is no summary yet); models
+    without metrics are skipped. Returns the two paths.
+    """
+    out_dir = Path(out_dir)
+    runs = load_runs(out_dir, models)
+    lines = [f"# {title} comparison".strip() if title else "# Comparison", "",
+             "Final epoch values; NFEs are means per training batch (forward, backward) and per test batch; "
+             "seconds are training seconds per epoch (mean).", "",
+             "| model | params | epochs | train loss | valid loss | test loss | test loss @ best valid | "
+             "forward NFE | backward NFE | test NFE | s/epoch |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m, (rows, info) in runs.items():
+        if not rows:
+            continue
+        last = rows[-1]
+        valid = [r for r in rows if isinstance(r.get("valid_loss"), float) and not math.isnan(r["valid_loss"])]
+        best = min(valid, key=lambda r: r["valid_loss"])["test_loss"] if valid else None
+        mean = lambda key: float(np.mean([r[key] for r in rows if r.get(key) is not None]))  # noqa: E731
+        lines.append(f"| {m} | {fmt(info.get('num_params'))} | {last['epoch']} | {fmt(last['train_loss'])} | "
+                     f"{fmt(last['valid_loss'])} | {fmt(last['test_loss'])} | {fmt(best)} | "
+                     f"{fmt(mean('forward_nfe'), 4)} | {fmt(mean('backward_nfe'), 4)} | "
+                     f"{fmt(mean('test_nfe'), 4)} | {fmt(mean('seconds'), 3)} |")
+    md = atomic_write_text("\n".join(lines) + "\n", out_dir / "comparison.md")
+    panels = [("train_loss", "train loss", True), ("valid_loss", "valid loss", True), ("test_loss", "test loss", True),
+              ("forward_nfe", "forward NFE / batch", False), ("backward_nfe", "backward NFE / batch", False),
+              ("seconds", "seconds / epoch", False)]
+    png = plot_curves({m: rows for m, (rows, _) in runs.items()}, panels, out_dir / "comparison.png", title=title)
+    return md, png
