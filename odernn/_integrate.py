@@ -1,64 +1,45 @@
-"""How a dynamics is integrated: torchdiffeq underneath, NFE accounting, per-sample gaps, bounded solves.
+"""How a dynamics is integrated: NFE accounting, relative time, per-sample gaps, bounded solves.
 
 Two entry points:
 
 * :func:`odesolve` / :class:`ODEBlock`: a plain solve of a dynamics over a shared time grid (continuous-depth
-  layers, trajectories).
+  layers, trajectories). The solve runs in time relative to ``t[0]`` (differences taken in the precision of ``t``), so
+  epoch-second stamps keep their gaps with a float32 state; a time-dependent dynamics still sees absolute times.
 * :func:`solve_gaps` (private, used by :class:`odernn.ODERNN`): one batched solve in which every sample ``b`` moves
   from its own time ``t0[b]`` through its own gap ``dt[b]``. Time is rescaled, ``t = t0 + s * dt`` with
   ``s in [0, 1]`` and ``dz/ds = dt * f(t, z)``, so a single solve serves different gaps; a zero gap leaves that
   sample's state unchanged.
+
+The solves themselves go through :mod:`odernn._torchdiffeq`, the torchdiffeq backend.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+import math
+import numbers
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
-import torchdiffeq
 
 from ._errors import SolverError
 from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics
-from ._lean_dopri5 import LEAN_DOPRI5
-from ._solver import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, Solver, SolverConfig
+from ._solver import ADAPTIVE_METHODS, Solver, SolverConfig, resolve_solver
+from ._solver import FIXED_METHODS, METHODS  # noqa: F401  (re-exported: odernn.estimators imports them from here)
+from ._torchdiffeq import integrate, odeint_options
 
 __all__ = ["SolverConfig", "SolverError", "odesolve", "ODEBlock", "solve_gaps"]
-
-def _odeint_kwargs(cfg: Solver, first_step: Optional[float] = None, *, in_gaps: bool = False) -> dict:
-    """Keyword arguments for ``torchdiffeq.odeint`` / ``odeint_adjoint`` (fresh dicts: torchdiffeq mutates them).
-
-    ``first_step`` (adaptive methods only) replaces torchdiffeq's initial-step heuristic in the forward and the
-    adjoint solve. ``in_gaps``: a time-rescaled ODE-RNN gap, where a fixed step is ``cfg.step_fraction``."""
-    opts = dict(cfg.options)
-    if cfg.adaptive:
-        opts["norm"] = cfg.norm_function
-        opts.setdefault("max_num_steps", cfg.max_steps)
-        if first_step is not None:
-            opts["first_step"] = first_step
-    else:
-        step = cfg.step_fraction if in_gaps else cfg.step_size
-        if step is not None:
-            opts.setdefault("step_size", step)
-    method = LEAN_DOPRI5 if cfg.lean and cfg.method == "dopri5" else cfg.method
-    kw: dict = dict(rtol=cfg.rtol, atol=cfg.atol, method=method, options=opts)
-    if cfg.adjoint:
-        adj = dict(opts)
-        if cfg.adaptive:
-            if cfg.seminorm:
-                adj["norm"] = "seminorm"  # torchdiffeq wraps the forward norm and drops the parameter channels
-            else:
-                del adj["norm"]  # torchdiffeq's default: forward norm on states, mixed norm over parameters
-        kw["adjoint_options"] = adj
-    return kw
-
 
 _BUILTIN_FORWARDS = frozenset(c.forward for c in (NODE, ANODE, SONODE, HBNODE, GHBNODE))
 
 
 class _Field(nn.Module):
-    """The function torchdiffeq integrates: the dynamics, optionally time-rescaled per sample, with NFE accounting.
+    """The function torchdiffeq integrates: the dynamics in solve time ``s``, with NFE accounting.
+
+    Time: with ``t0`` alone, ``t = t0 + s`` (a plain solve relative to its first time); with ``t0`` and ``dt``,
+    ``t = t0 + s * dt`` and the field is scaled by ``dt`` (per-sample gaps). The absolute time is formed (in the dtype of
+    ``t0``, then cast to ``time_dtype`` if given) only when the dynamics reads it.
 
     Counting happens here because here the phase is known: with the adjoint method the forward solve runs with
     gradients disabled and the adjoint solve evaluates the field with gradients enabled; with direct
@@ -66,7 +47,8 @@ class _Field(nn.Module):
     """
 
     def __init__(self, dynamics: Dynamics, adjoint: bool, max_evals: int, t0: Optional[Tensor] = None,
-                 dt: Optional[Tensor] = None, adaptive: bool = False, state_dim: int = 2) -> None:
+                 dt: Optional[Tensor] = None, adaptive: bool = False, state_dim: int = 2,
+                 time_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         self.dynamics = dynamics
         self.adjoint = adjoint
@@ -75,11 +57,12 @@ class _Field(nn.Module):
         self.n_backward = 0
         self.t0 = t0
         self.dt = dt
-        # The built-in dynamics read t only through a time-dependent net: skip forming t = t0 + s * dt otherwise.
+        self.time_dtype = None if t0 is None or time_dtype == t0.dtype else time_dtype
+        # The built-in dynamics read t only through a time-dependent net: skip forming the absolute time otherwise.
         self.needs_time = dynamics.time_dependent or type(dynamics).forward not in _BUILTIN_FORWARDS
         # dt broadcast over the state's non-batch dimensions
         self.scale = None if dt is None else dt.reshape((-1,) + (1,) * (state_dim - 1))
-        self.last_step: Optional[Tensor] = None
+        self.last_step: Optional[Union[Tensor, float]] = None
         if adaptive:
             # torchdiffeq calls this after each accepted forward step; fixed-grid solvers would warn about it
             self.callback_accept_step = self._accept
@@ -87,13 +70,21 @@ class _Field(nn.Module):
     def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.last_step = dt
 
-    def forward(self, s: Tensor, z: Tensor) -> Tensor:
+    def absolute_time(self, s: Tensor) -> Tensor:
+        """The dynamics' time at solve time ``s``."""
+        if self.t0 is None:
+            return s
         if self.dt is None:
-            out = self.dynamics(s, z)
-        elif self.needs_time:
-            out = self.dynamics(self.t0 + s.to(self.dt.dtype) * self.dt, z) * self.scale
+            t = self.t0 + s.to(self.t0.dtype)
         else:
-            out = self.dynamics(s, z) * self.scale
+            t = self.t0 + s.to(self.dt.dtype) * self.dt
+        return t if self.time_dtype is None else t.to(self.time_dtype)
+
+    def forward(self, s: Tensor, z: Tensor) -> Tensor:
+        t = self.absolute_time(s) if self.needs_time else s
+        out = self.dynamics(t, z)
+        if self.scale is not None:
+            out = out * self.scale
         backward = self.adjoint and torch.is_grad_enabled()
         if backward:
             self.n_backward += 1
@@ -125,24 +116,15 @@ def _count_backward(counters: tuple, grad: Tensor) -> None:
 
 def _run(field: _Field, z0: Tensor, s: Tensor, cfg: Solver, first_step: Optional[float] = None,
          in_gaps: bool = False) -> Tensor:
-    kw = _odeint_kwargs(cfg, first_step, in_gaps=in_gaps)
-    try:
-        if cfg.adjoint:
-            params = [p for p in field.dynamics.parameters() if p.requires_grad]
-            params += [x for x in (field.t0, field.dt) if x is not None and x.requires_grad]
-            return torchdiffeq.odeint_adjoint(field, z0, s, adjoint_params=tuple(params), **kw)
-        return torchdiffeq.odeint(field, z0, s, **kw)
-    except AssertionError as e:  # torchdiffeq signals step failures with assertions
-        msg = str(e)
-        if "max_num_steps" in msg:
-            raise SolverError(f"the solve needed more than max_steps={cfg.max_steps} steps ({msg}); loosen rtol/atol "
-                              f"or raise max_steps") from e
-        if "underflow" in msg:
-            raise SolverError(f"the step size underflowed ({msg}): the dynamics are too stiff for {cfg.method!r} at "
-                              f"rtol={cfg.rtol}, atol={cfg.atol}") from e
-        if "non-finite" in msg:
-            raise SolverError("the state became non-finite (NaN or inf) during the solve: the dynamics blew up") from e
-        raise
+    """One solve of ``field`` through the torchdiffeq backend; gradients reach the dynamics' parameters and the
+    field's time tensors (``t0``, ``dt``) that require them."""
+    params = [p for p in field.dynamics.parameters() if p.requires_grad]
+    params += [x for x in (field.t0, field.dt) if x is not None and x.requires_grad]
+    return integrate(field, z0, s, cfg, adjoint_params=params, first_step=first_step, in_gaps=in_gaps)
+
+
+#: The torchdiffeq keyword arguments of a solver (kept under its former name for callers of this module).
+_odeint_kwargs = odeint_options
 
 
 def _check_state(z0: Tensor, name: str = "z0") -> None:
@@ -153,65 +135,120 @@ def _check_state(z0: Tensor, name: str = "z0") -> None:
     if z0.dim() < 2:
         raise ValueError(f"{name} must be batch-first with at least 2 dims (batch, channels, ...), got shape "
                          f"{tuple(z0.shape)}")
+    if z0.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(z0.shape)}): a solve needs at least one sample with at least "
+                         f"one state entry; skip the solve for an empty batch")
 
 
-def _check_output_shape(dynamics: Dynamics, t: Tensor, z0: Tensor) -> None:
-    """Evaluate once before solving and explain a shape mismatch in plain words."""
+def _check_times(t, z0: Tensor) -> Tensor:
+    """``t`` as a 1-D floating tensor on ``z0``'s device, validated. Integer tensors and Python numbers become
+    float64 (exact for the magnitudes of epoch seconds); floating tensors keep their dtype."""
+    if isinstance(t, Tensor):
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"t must hold real times, got dtype {t.dtype}")
+        t = t.to(z0.device) if t.is_floating_point() else t.to(device=z0.device, dtype=torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(t, dtype=torch.float64, device=z0.device)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"t must be a 1-D tensor or sequence of times, got {type(t).__name__}: {e}") from e
+    if t.dim() != 1 or t.numel() < 2:
+        raise ValueError(f"t must be a 1-D tensor of at least 2 times, got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"t contains NaN or inf: {t.tolist()}")
+    d = t.diff()
+    if not (bool((d > 0).all()) or bool((d < 0).all())):
+        raise ValueError(f"t must be strictly monotone with no repeated times (in its dtype {t.dtype}), got "
+                         f"{t.tolist()}")
+    return t
+
+
+def _check_dynamics_output(field: _Field, z0: Tensor, s0: Tensor) -> None:
+    """Evaluate once before solving and explain a wrong output in plain words."""
+    t = field.absolute_time(s0) if field.needs_time else s0
     with torch.no_grad():
         try:
-            out = dynamics(t, z0)
+            out = field.dynamics(t, z0)
         except RuntimeError as e:
-            raise ValueError(f"evaluating the dynamics on a state of shape {tuple(z0.shape)} failed: {e}") from e
+            hint = ""
+            if field.needs_time and t.dtype != z0.dtype:
+                hint = (f" (a time-dependent dynamics receives t as a 0-d {t.dtype} tensor, the dtype of the given "
+                        f"times, while the state is {z0.dtype}: cast t inside the network)")
+            raise ValueError(f"evaluating the dynamics on a state of shape {tuple(z0.shape)} failed{hint}: {e}") from e
+    if not isinstance(out, Tensor):
+        what = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else \
+            f"a {type(out).__name__}"
+        raise TypeError(f"the dynamics returned {what}; expected a single torch.Tensor dz/dt of the state's shape "
+                        f"{tuple(z0.shape)} (concatenate the parts of a multi-part state along dim 1)")
     if out.shape != z0.shape:
         raise ValueError(f"the dynamics returned shape {tuple(out.shape)}, whilst the state has shape "
                          f"{tuple(z0.shape)}; check the network's input/output sizes")
+    if out.dtype != z0.dtype:
+        raise TypeError(f"the dynamics returned dtype {out.dtype}, whilst the state has dtype {z0.dtype}; convert the "
+                        f"network (e.g. dynamics.to({z0.dtype})) or the state")
 
 
-def odesolve(dynamics: Dynamics, z0: Tensor, t: Tensor, *, method: str = "dopri5", rtol: float = 1e-7,
-             atol: float = 1e-9, adjoint: bool = True, seminorm: bool = True, norm: str = "sample",
-             max_steps: int = 10_000, step_size: Optional[float] = None, options: Optional[dict] = None,
-             lean: bool = True) -> Tensor:
+def odesolve(dynamics: Dynamics, z0: Tensor, t: Union[Tensor, Sequence[float]], *, solver: Optional[Solver] = None,
+             method: Optional[str] = None, rtol: Optional[float] = None, atol: Optional[float] = None,
+             adjoint: Optional[bool] = None, seminorm: Optional[bool] = None, norm: Optional[str] = None,
+             max_steps: Optional[int] = None, step_size: Optional[float] = None, options: Optional[dict] = None,
+             lean: Optional[bool] = None) -> Tensor:
     """Solve ``dz/dt = dynamics(t, z)`` from ``z0`` over a shared, strictly monotone time grid.
+
+    The solve runs in time relative to ``t[0]``, with the differences taken in the dtype of ``t``: float64 times of
+    any magnitude (epoch seconds) keep their gaps with a float32 state. A time-dependent dynamics (``time_dependent=True``
+    or your own ``forward``) receives the absolute time ``t[0] + s`` as a 0-d tensor in the dtype of ``t`` (float64
+    for integer times or Python numbers).
 
     Args:
         dynamics: an :class:`odernn.Dynamics` (NODE, ANODE, SONODE, HBNODE, GHBNODE or your own subclass).
-        z0: initial state, shape (batch, state, ...). Build it with ``dynamics.initial_state(h0, v0)``.
-        t: times, shape (T,), T >= 2, strictly increasing or strictly decreasing.
-        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: see :class:`SolverConfig`.
+        z0: initial state, shape (batch, state, ...), batch >= 1. Build it with ``dynamics.initial_state(h0, v0)``.
+        t: times, shape (T,), T >= 2, strictly increasing or strictly decreasing. May require gradients.
+        solver: an :class:`odernn.Solver` (default ``Solver()``: dopri5, rtol 1e-3, atol 1e-4, adjoint).
+        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: shorthands that override the
+            corresponding fields of ``solver``.
 
     Returns:
         The states at ``t``, batch-first: shape (batch, T, state, ...).
 
     Raises:
-        TypeError, ValueError: on bad input (message says what was received and what was expected).
-        SolverError: when the solve does not finish within ``max_steps``.
+        TypeError, ValueError: on bad input (the message says what was received and what was expected).
+        SolverError: when the solve does not finish within ``max_steps``, the step size underflows, or a state
+            (forward) or the gradient reaching ``z0`` (backward) becomes NaN or inf, for every method.
     """
-    cfg = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm, norm=norm,
-                            max_steps=max_steps, step_size=step_size, options=options, lean=lean)
+    cfg = resolve_solver(solver, dict(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm,
+                                      norm=norm, max_steps=max_steps, step_size=step_size, options=options, lean=lean),
+                         where="odesolve")
     return _odesolve(dynamics, z0, t, cfg)
 
 
-def _odesolve(dynamics: Dynamics, z0: Tensor, t: Tensor, cfg: SolverConfig) -> Tensor:
+def _odesolve(dynamics: Dynamics, z0: Tensor, t, cfg: Solver, time_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """:func:`odesolve` with resolved settings; ``time_dtype``: the dtype of the time a dynamics receives (default:
+    the dtype of ``t``)."""
     if not isinstance(dynamics, Dynamics):
         raise TypeError(f"dynamics must be an odernn.Dynamics module, got {type(dynamics).__name__}")
     _check_state(z0)
-    t = torch.as_tensor(t, device=z0.device)
-    if not t.is_floating_point():
-        t = t.to(z0.dtype)
-    if t.dim() != 1 or t.numel() < 2:
-        raise ValueError(f"t must be a 1-D tensor of at least 2 times, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError("t contains NaN or inf")
-    d = t.diff()
-    if not ((d > 0).all() or (d < 0).all()):
-        raise ValueError(f"t must be strictly monotone with no repeated times, got {t.tolist()}")
-    if not torch.isfinite(z0).all():
+    t = _check_times(t, z0)
+    if not bool(torch.isfinite(z0).all()):
         raise ValueError("z0 contains NaN or inf")
-    _check_output_shape(dynamics, t[0], z0)
     cfg.check_fixed_step(in_gaps=False)
-    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps)
-    out = _run(field, z0, t, cfg)  # (T, B, ...)
+    origin = t[0]
+    s = t - origin  # relative solve times, in the precision of t
+    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0=origin, time_dtype=time_dtype)
+    _check_dynamics_output(field, z0, s[0])
+    out = _run(field, z0, s, cfg)  # (T, B, ...)
     return out.movedim(0, 1)
+
+
+def _check_bound(name: str, value) -> float:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"ODEBlock: {name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"ODEBlock: {name} must be a finite number, got {value}")
+    return value
 
 
 class ODEBlock(nn.Module):
@@ -220,31 +257,49 @@ class ODEBlock(nn.Module):
 
     Args:
         dynamics: an :class:`odernn.Dynamics`.
-        t0, t1: integration interval (default [0, 1]).
-        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: see
-            :class:`SolverConfig`.
+        t0, t1: integration interval (default [0, 1]); finite real numbers, ``t1 != t0`` (``t1 < t0`` integrates
+            backwards). A time-dependent dynamics receives times in the state's dtype.
+        solver: an :class:`odernn.Solver` (default ``Solver()``).
+        method, rtol, atol, adjoint, seminorm, norm, max_steps, step_size, options, lean: shorthands that override the
+            corresponding fields of ``solver``.
+
+    Raises:
+        TypeError, ValueError: at construction, on a bad dynamics, bounds or solver settings.
 
     Shapes:
         ``forward(z0)``: (batch, state, ...) -> (batch, state, ...).
     """
 
-    def __init__(self, dynamics: Dynamics, *, t0: float = 0.0, t1: float = 1.0, method: str = "dopri5",
-                 rtol: float = 1e-3, atol: float = 1e-4, adjoint: bool = True, seminorm: bool = True,
-                 norm: str = "sample", max_steps: int = 10_000, step_size: Optional[float] = None,
-                 options: Optional[dict] = None, lean: bool = True) -> None:
+    def __init__(self, dynamics: Dynamics, *, t0: float = 0.0, t1: float = 1.0, solver: Optional[Solver] = None,
+                 method: Optional[str] = None, rtol: Optional[float] = None, atol: Optional[float] = None,
+                 adjoint: Optional[bool] = None, seminorm: Optional[bool] = None, norm: Optional[str] = None,
+                 max_steps: Optional[int] = None, step_size: Optional[float] = None, options: Optional[dict] = None,
+                 lean: Optional[bool] = None) -> None:
         super().__init__()
         if not isinstance(dynamics, Dynamics):
             raise TypeError(f"dynamics must be an odernn.Dynamics module, got {type(dynamics).__name__}")
-        if not t1 != t0:
-            raise ValueError(f"t0 and t1 must differ, got t0={t0}, t1={t1}")
+        t0, t1 = _check_bound("t0", t0), _check_bound("t1", t1)
+        if t0 == t1:
+            raise ValueError(f"ODEBlock: t0 and t1 must differ, got t0={t0}, t1={t1}")
         self.dynamics = dynamics
-        self.register_buffer("t", torch.tensor([float(t0), float(t1)]), persistent=False)
-        self.solver = SolverConfig.make(method=method, rtol=rtol, atol=atol, adjoint=adjoint, seminorm=seminorm,
-                                        norm=norm, max_steps=max_steps, step_size=step_size, options=options,
-                                        lean=lean)
+        self.t0, self.t1 = t0, t1
+        self.solver = resolve_solver(solver, dict(method=method, rtol=rtol, atol=atol, adjoint=adjoint,
+                                                  seminorm=seminorm, norm=norm, max_steps=max_steps,
+                                                  step_size=step_size, options=options, lean=lean),
+                                     where="ODEBlock")
+        self.solver.check_fixed_step(in_gaps=False)
+        self._times: dict = {}
+
+    def extra_repr(self) -> str:
+        return f"t0={self.t0}, t1={self.t1}, solver={self.solver}"
 
     def forward(self, z0: Tensor) -> Tensor:
-        return _odesolve(self.dynamics, z0, self.t.to(z0.dtype), self.solver)[:, -1]
+        device = z0.device if isinstance(z0, Tensor) else torch.device("cpu")
+        t = self._times.get(device)
+        if t is None:
+            t = self._times[device] = torch.tensor([self.t0, self.t1], dtype=torch.float64, device=device)
+        dtype = z0.dtype if isinstance(z0, Tensor) else None
+        return _odesolve(self.dynamics, z0, t, self.solver, time_dtype=dtype)[:, -1]
 
 
 _S01: dict = {}
@@ -276,6 +331,10 @@ def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: Solv
     Returns:
         ``(z1, last_step)``: (batch, state, ...) states at ``t0 + dt``, and the last accepted step in real time units
         (``None`` for fixed-grid methods), to warm-start the next solve.
+
+    Raises:
+        SolverError: as :func:`odesolve` (too many steps, an underflowing step, a non-finite state forward or
+            backward).
     """
     adaptive = cfg.method in ADAPTIVE_METHODS
     field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt, adaptive=adaptive, state_dim=z0.dim())

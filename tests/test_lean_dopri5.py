@@ -6,7 +6,7 @@ import torchdiffeq
 from torch import nn
 
 import odernn
-from odernn._lean_dopri5 import LEAN_DOPRI5
+from odernn._torchdiffeq import LEAN_DOPRI5
 
 DT = torch.float64
 
