@@ -24,7 +24,7 @@ if not os.environ.get("ODERNN_DATA"):
 
 import odernn  # noqa: E402
 import odernn.data as D  # noqa: E402
-from odernn.data import _root  # noqa: E402
+from odernn.data import _download  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ["ODERNN_DATA"])
@@ -54,7 +54,7 @@ def walker():
 
 @pytest.fixture(scope="module")
 def pv():
-    return {s: D.plane_vibration(s) for s in ("train", "valid", "test")}
+    return {s: D.plane_vibration(s, normalize=True) for s in ("train", "valid", "test")}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_walker2d_items_follow_the_ode_lstm_protocol(walker):
             rows = kept[start:start + 64]
             item = ds[k]
             np.testing.assert_array_equal(item["x"].numpy(), raw[rows].astype(np.float32))
-            np.testing.assert_array_equal(item["y"].numpy(), raw[rows + 1].astype(np.float32))
+            np.testing.assert_array_equal(item["x_next"].numpy(), raw[rows + 1].astype(np.float32))
             prev = np.concatenate([[kept[start - 1] if start else -1], rows[:-1]])
             np.testing.assert_array_equal(item["dt"].numpy(), (rows - prev).astype(np.float32))
         total = sum(len(range(0, len(kept) - 64, 16)) for _, kept in ref[split])
@@ -172,9 +172,9 @@ def test_walker2d_item_shapes_and_times(walker):
     ds = walker["train"]
     for k in (0, 1, 500, len(ds) - 1):
         item = ds[k]
-        assert item["x"].shape == (64, 17) and item["y"].shape == (64, 17)
+        assert item["x"].shape == (64, 17) and item["x_next"].shape == (64, 17)
         assert item["t"].shape == (64,) and item["dt"].shape == (64,)
-        assert all(v.dtype == torch.float32 for v in item.values())
+        assert all(v.dtype == (torch.bool if k.startswith("mask") else torch.float32) for k, v in item.items())
         assert bool((item["t"][1:] > item["t"][:-1]).all())
         assert torch.equal(item["t"], torch.cumsum(item["dt"], 0))
         assert bool((item["dt"] >= 1).all()) and torch.equal(item["dt"], item["dt"].round())
@@ -193,13 +193,13 @@ def test_walker2d_is_raw_by_default_and_normalises_with_training_statistics(walk
     np.testing.assert_allclose(norm.std, stacked.std(0), rtol=1e-5)
     expected = (raw[3]["x"].numpy() - norm.mean) / norm.std
     np.testing.assert_allclose(norm[3]["x"].numpy(), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(norm.denormalize(norm[3]["y"]), raw[3]["y"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(norm.denormalize(norm[3]["x_next"]), raw[3]["x_next"], rtol=1e-5, atol=1e-4)
 
 
 @needs_data
 def test_walker2d_batches_with_default_dataloader(walker):
     batch = next(iter(torch.utils.data.DataLoader(walker["train"], batch_size=256, shuffle=False)))
-    assert batch["x"].shape == (256, 64, 17) and batch["t"].shape == (256, 64) and batch["y"].shape == (256, 64, 17)
+    assert batch["x"].shape == (256, 64, 17) and batch["t"].shape == (256, 64) and batch["x_next"].shape == (256, 64, 17)
 
 
 @needs_data
@@ -234,7 +234,7 @@ def test_plane_vibration_kept_stamps_reproduce_the_official_draws(pv_raw):
 
 @needs_data
 def test_plane_vibration_items_inputs_targets_and_forecasts(pv, pv_raw):
-    raw = {s: D.plane_vibration(s, normalize=False) for s in ("train", "valid", "test")}
+    raw = {s: D.plane_vibration(s) for s in ("train", "valid", "test")}
     bounds = []
     for split, ds in pv.items():
         segs = ds.segments
@@ -245,17 +245,17 @@ def test_plane_vibration_items_inputs_targets_and_forecasts(pv, pv_raw):
         for k in (0, len(ds) // 2, len(ds) - 1):
             item, r = ds[k], raw[split][k]
             s = segs[k]
-            assert item["x"].shape == (64, 5) and item["y"].shape == (64, 5)
-            assert item["y_future"].shape == (8, 5) and item["t_future"].shape == (8,)
+            assert item["x"].shape == (64, 5) and item["x_next"].shape == (64, 5)
+            assert item["x_future"].shape == (8, 5) and item["t_future"].shape == (8,)
             np.testing.assert_array_equal(item["t"].numpy(), s[:-1].astype(np.float32))
-            np.testing.assert_array_equal(item["t_y"].numpy(), s[1:].astype(np.float32))
+            np.testing.assert_array_equal(item["t_next"].numpy(), s[1:].astype(np.float32))
             np.testing.assert_array_equal(item["t_future"].numpy(), (s[-1] + np.arange(8)).astype(np.float32))
             assert bool((item["t"][1:] > item["t"][:-1]).all())
             assert float(item["t_future"][0]) > float(item["t"][-1])
             np.testing.assert_array_equal(r["x"].numpy(), pv_raw[s[:-1]].astype(np.float32))
-            np.testing.assert_array_equal(r["y"].numpy(), pv_raw[s[1:]].astype(np.float32))
-            np.testing.assert_array_equal(r["y_future"].numpy(), pv_raw[s[-1] + np.arange(8)].astype(np.float32))
-            torch.testing.assert_close(item["y_future"][0], item["y"][-1])
+            np.testing.assert_array_equal(r["x_next"].numpy(), pv_raw[s[1:]].astype(np.float32))
+            np.testing.assert_array_equal(r["x_future"].numpy(), pv_raw[s[-1] + np.arange(8)].astype(np.float32))
+            torch.testing.assert_close(item["x_future"][0], item["x_next"][-1])
     assert bounds[0][1] < bounds[1][0] and bounds[1][1] < bounds[2][0]  # train < valid < test in time
 
 
@@ -288,7 +288,7 @@ def test_silverbox_single_item_and_windows():
     win = D.silverbox(window=64, stride=32, time_unit="s")
     assert len(win) == (131072 - 64) // 32 + 1
     np.testing.assert_allclose(win[1]["t"].numpy(), (32 + np.arange(64)) / 610.3515625, rtol=1e-6)
-    ref = D.silverbox(center=True, scale=100.0)
+    ref = D.silverbox(normalize=D.Normalization(center=True, scale=100.0))
     np.testing.assert_allclose(ref.v1, 100 * (sb.v1 - sb.v1.mean()))
     with pytest.raises(ValueError, match="stride= needs window="):
         D.silverbox(stride=3)
@@ -329,11 +329,11 @@ def test_missing_files_under_env_var_root(tmp_path, monkeypatch):
 def test_offline_download_error_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = []
 
-    def offline(url):
+    def offline(url, timeout):
         calls.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(_root, "_open_url", offline)
+    monkeypatch.setattr(_download, "_open_url", offline)
     with pytest.raises(D.MissingDataError, match=r"(?s)pv\.csv.*Downloading failed.*name resolution.*ODERNN_DATA"):
         D.plane_vibration("train", root=tmp_path / "new")
     assert list(tmp_path.iterdir()) == []  # no file, no temporary file, not even the folders it made
@@ -343,11 +343,11 @@ def test_offline_download_error_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_offline_walker_gives_up_on_an_unreachable_host_at_once(tmp_path, monkeypatch):
     calls = []
 
-    def offline(url):
+    def offline(url, timeout):
         calls.append(url)
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(_root, "_open_url", offline)
+    monkeypatch.setattr(_download, "_open_url", offline)
     with pytest.raises(D.MissingDataError, match="400 data file"):
         D.walker2d("train", root=tmp_path)
     assert len(calls) == 2  # one per host, not 800
@@ -401,7 +401,7 @@ def test_interrupted_download_leaves_no_partial_file(tmp_path, monkeypatch):
                 raise ConnectionResetError("connection reset by peer")
             return super().read(5)
 
-    monkeypatch.setattr(_root, "_open_url", lambda url: Broken(b"0123456789" * 100))
+    monkeypatch.setattr(_download, "_open_url", lambda url, timeout: Broken(b"0123456789" * 100))
     entry = D.DataFile("toy/big.bin", "1" * 64, (D.Source("https://example.invalid/big.bin"),))
     with pytest.raises(D.MissingDataError, match="connection reset by peer"):
         D.ensure_dataset("toy", root=tmp_path, files=[entry])
@@ -427,8 +427,8 @@ def test_archive_members_and_transforms_are_extracted_and_verified(tmp_path, mon
         D.DataFile("toy/raw/d", sha["d"], (D.Source(_file_url(gz), transform="gunzip"),)),
     ]
     opened = []
-    real = _root._open_url
-    monkeypatch.setattr(_root, "_open_url", lambda u: (opened.append(u), real(u))[1])
+    real = _download._open_url
+    monkeypatch.setattr(_download, "_open_url", lambda u, timeout: (opened.append(u), real(u, timeout))[1])
     folder = D.ensure_dataset("toy", root=tmp_path / "root", files=files)
     assert (folder / "rollout_000.npy").read_bytes() == a and (folder / "rollout_001.npy").read_bytes() == b
     assert (folder / "sb.csv").read_bytes() == c and (folder / "raw" / "d").read_bytes() == b"idx bytes"
@@ -484,7 +484,7 @@ def test_walker2d_batch_trains_odernn_for_one_step(walker):
     torch.manual_seed(0)
     batch = next(iter(torch.utils.data.DataLoader(walker["train"], batch_size=4, shuffle=True)))
     model = odernn.ODERNN("hbnode", 17, 8, 17, rtol=1e-3, atol=1e-4)
-    _one_step(model, batch["x"], batch["t"], batch["y"])
+    _one_step(model, batch["x"], batch["t"], batch["x_next"])
 
 
 @needs_data
@@ -494,4 +494,4 @@ def test_plane_vibration_batch_trains_odernn_for_one_step(pv):
     batch = next(iter(torch.utils.data.DataLoader(pv["train"], batch_size=4)))
     model = odernn.ODERNN("hbnode", 5, 8, 5, rtol=1e-3, atol=1e-4)
     # the first 16 of the 64 stamps keep this test quick; the times are the loader's absolute sample indices
-    _one_step(model, batch["x"][:, :16], batch["t"][:, :16], batch["y"][:, :16])
+    _one_step(model, batch["x"][:, :16], batch["t"][:, :16], batch["x_next"][:, :16])

@@ -197,13 +197,13 @@ def test_windows_inputs_and_horizon_targets():
     assert len(w) == 2  # start 4 would need stamps up to index 8
     item = w[1]
     torch.testing.assert_close(item["t"], torch.tensor([1.5, 4.0, 4.5]))
-    torch.testing.assert_close(item["t_y"], torch.tensor([7.0, 9.0]))
-    torch.testing.assert_close(item["y"][:, 0], torch.tensor([5.0, 6.0]))
+    torch.testing.assert_close(item["t_future"], torch.tensor([7.0, 9.0]))
+    torch.testing.assert_close(item["x_future"][:, 0], torch.tensor([5.0, 6.0]))
     tail = D.IrregularSeriesDataset.from_arrays([(t, v)]).windows(3, stride=3, horizon=2, drop_last=False)
     assert [(s, e) for _, s, e in tail.spans] == [(0, 3), (3, 6)]
     tail = D.IrregularSeriesDataset.from_arrays([(t, v)]).windows(4, stride=4, horizon=1, drop_last=False)
     assert [(s, e) for _, s, e in tail.spans] == [(0, 4), (4, 7)]
-    torch.testing.assert_close(tail[1]["t_y"], torch.tensor([9.5]))
+    torch.testing.assert_close(tail[1]["t_future"], torch.tensor([9.5]))
 
 
 def test_collate_pads_values_times_mask_and_lengths():
@@ -225,18 +225,19 @@ def test_collate_targets_continue_after_the_inputs():
     w = D.IrregularSeriesDataset.from_arrays([(t, np.arange(6.0))]).windows(4, stride=4, horizon=1, drop_last=False)
     batch = D.collate_irregular([w[0], w[1]])
     torch.testing.assert_close(batch["t"], torch.tensor([[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]))
-    assert batch["lengths"].tolist() == [4, 1] and batch["lengths_y"].tolist() == [1, 1]
-    torch.testing.assert_close(batch["t_y"], torch.tensor([[4.0], [5.0]]))
-    torch.testing.assert_close(batch["y"][:, 0, 0], torch.tensor([4.0, 5.0]))
+    assert batch["lengths"].tolist() == [4, 1] and batch["lengths_future"].tolist() == [1, 1]
+    torch.testing.assert_close(batch["t_future"], torch.tensor([[4.0], [5.0]]))
+    torch.testing.assert_close(batch["x_future"][:, 0, 0], torch.tensor([4.0, 5.0]))
     # a sample without targets gets padded target times after its last input time
     items = [
-        {"x": torch.ones(2, 1), "t": torch.tensor([0.0, 1.0]), "y": torch.ones(2, 1), "t_y": torch.tensor([2.0, 3.0])},
-        {"x": torch.ones(1, 1), "t": torch.tensor([5.0]), "y": torch.ones(0, 1), "t_y": torch.ones(0)},
+        {"x": torch.ones(2, 1), "t": torch.tensor([0.0, 1.0]), "x_future": torch.ones(2, 1),
+         "t_future": torch.tensor([2.0, 3.0])},
+        {"x": torch.ones(1, 1), "t": torch.tensor([5.0]), "x_future": torch.ones(0, 1), "t_future": torch.ones(0)},
     ]
     batch = D.collate_irregular(items)
-    torch.testing.assert_close(batch["t_y"], torch.tensor([[2.0, 3.0], [6.0, 7.0]]))
-    assert batch["lengths_y"].tolist() == [2, 0] and not batch["mask_y"][1].any()
-    assert batch["mask_y"][0].all()  # no mask given: every real value counts as observed
+    torch.testing.assert_close(batch["t_future"], torch.tensor([[2.0, 3.0], [6.0, 7.0]]))
+    assert batch["lengths_future"].tolist() == [2, 0] and not batch["mask_future"][1].any()
+    assert batch["mask_future"][0].all()  # no mask given: every real value counts as observed
 
 
 def test_collate_errors():
@@ -307,7 +308,7 @@ def test_windows_take_consecutive_stamps_and_the_next_horizon(series, length, st
         s, start = item["series"], item["start"]
         times = series[s][0]
         np.testing.assert_array_equal(item["t"].numpy(), times[start:start + length])
-        np.testing.assert_array_equal(item["t_y"].numpy(), times[start + length:start + length + horizon])
+        np.testing.assert_array_equal(item["t_future"].numpy(), times[start + length:start + length + horizon])
         assert start % stride == 0
 
 

@@ -17,7 +17,7 @@ Protocol, reproducing the official code (``pvdat.py`` of hedixia/HeavyBallNODE) 
 
 Normalisation: the official code standardised with the mean and std of the *whole* series, which leaks test
 data into training. Here the mean and (population) std are computed on the training split's kept stamps only and
-applied to every split.
+applied to every split, when asked for (``normalize=True``; the default, as for every loader, is raw values).
 """
 
 from __future__ import annotations
@@ -26,15 +26,17 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from ._csv import read_columns
-from ._irregular import drop_stamps
-from ._normalized import NormalizedDataset
+from ._normalized import NormalizedDataset, NormalizeLike, resolve_normalize
 from ._root import ensure_dataset
+from ._schema import Item
+from ._stamps import drop_stamps
+from ._time import sample_times
 
 __all__ = ["PlaneVibration", "plane_vibration"]
 
@@ -96,56 +98,67 @@ class PlaneVibration(NormalizedDataset):
     """Plane-vibration segments of one split (see the module docstring for the protocol).
 
     For segment ``k`` with kept stamps ``s_0 < s_1 < ... < s_64`` (sample indices into the 400 Hz file) the item
-    is a dict:
+    is an :class:`~odernn.data.Item` (times in samples by default, see ``time_unit``):
 
-    - ``"x"``: float32 ``(64, 5)``, values at the input stamps ``s_0 .. s_63``.
-    - ``"t"``: float32 ``(64,)``, the input times ``s_0 .. s_63``, in samples (seconds = ``t / 400``);
-      absolute, strictly increasing.
-    - ``"y"``: float32 ``(64, 5)``, next-stamp targets: values at ``s_1 .. s_64`` (the next *kept* stamp of each
-      input; the official code's training target).
-    - ``"t_y"``: float32 ``(64,)``, their times ``s_1 .. s_64`` (``t_y - t`` is the official code's time input).
-    - ``"y_future"``: float32 ``(8, 5)``, forecast targets: the raw samples ``s_64, s_64 + 1, ..., s_64 + 7``
-      (8 consecutive samples of the file starting at the segment's last stamp, whether kept or not).
-    - ``"t_future"``: float32 ``(8,)``, their times ``s_64 + 0 .. 7``, all strictly after ``t[-1] = s_63``.
+    - ``"x"``: float32 ``(64, 5)``, values at the input stamps ``s_0 .. s_63``; ``"mask"`` bool, all True.
+    - ``"t"``: float32 ``(64,)``, the input times ``s_0 .. s_63``; absolute, strictly increasing.
+    - ``"x_next"``: float32 ``(64, 5)``, next-step targets: values at ``s_1 .. s_64`` (the next *kept* stamp of
+      each input; the official code's training target); ``"t_next"`` ``(64,)``: their times ``s_1 .. s_64``
+      (``t_next - t`` is the official code's time input); ``"mask_next"`` all True.
+    - ``"x_future"``: float32 ``(8, 5)``, forecast targets: the raw samples ``s_64, s_64 + 1, ..., s_64 + 7``
+      (8 consecutive samples of the file starting at the segment's last stamp, whether kept or not);
+      ``"t_future"`` ``(8,)``: their times ``s_64 + 0 .. 7``, all strictly after ``t[-1] = s_63``;
+      ``"mask_future"`` all True.
 
     Attributes:
         split: ``"train"``, ``"valid"`` or ``"test"``.
         segments: int64 ``(n_segments, 65)``, the stamps of each segment.
         mean, std: float64 ``(5,)`` statistics of the training split's kept stamps.
-        normalize: Whether values are standardised with ``mean`` and ``std``.
+        normalization: The :class:`~odernn.data.Normalization` in use, or ``None`` (raw values).
         sample_rate: 400.0 (Hz), to convert times to seconds.
+        time_unit: ``"sample"`` or a unit of :func:`~odernn.data.parse_time_unit`.
     """
 
     sample_rate = SAMPLE_RATE_HZ
     columns = COLUMNS
 
-    def __init__(self, proto: _Protocol, split: str, *, normalize: bool) -> None:
+    def __init__(self, proto: _Protocol, split: str, *, normalize: NormalizeLike, time_unit: Any = "sample") -> None:
         self.split = split
         self.segments = proto.segments[split]
         train = proto.data[proto.stamps["train"]]
         self.mean = train.mean(axis=0)
         std = train.std(axis=0)
         self.std = np.where(std > 0, std, 1.0)
-        self.normalize = normalize
-        values = (proto.data - self.mean) / self.std if normalize else proto.data
-        self._values = values.astype(np.float32)
+        self.normalization = resolve_normalize(normalize)
+        self.time_unit = time_unit
+        self._values = self.normalize_values(proto.data).astype(np.float32)
+        self._times = sample_times(np.arange(proto.data.shape[0] + FORECAST_LEN), SAMPLE_RATE_HZ,
+                                   time_unit).astype(np.float32)
         self._offsets = np.arange(FORECAST_LEN, dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.segments.shape[0])
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, k: int) -> Item:
         if not -len(self) <= k < len(self):
             raise IndexError(f"segment index {k} out of range for {len(self)} segments")
         seg = self.segments[k]
         future = seg[-1] + self._offsets
+        x_next, t_next = torch.from_numpy(self._values[seg[1:]]), torch.from_numpy(self._times[seg[1:]])
+        x_future = torch.from_numpy(self._values[future])
+        observed = torch.ones(INPUT_LEN, len(COLUMNS), dtype=torch.bool)
         return {
             "x": torch.from_numpy(self._values[seg[:-1]]),
-            "t": torch.from_numpy(seg[:-1].astype(np.float32)),
-            "y": torch.from_numpy(self._values[seg[1:]]),
-            "t_y": torch.from_numpy(seg[1:].astype(np.float32)),
-            "y_future": torch.from_numpy(self._values[future]),
-            "t_future": torch.from_numpy(future.astype(np.float32)),
+            "t": torch.from_numpy(self._times[seg[:-1]]),
+            "mask": observed,
+            "x_next": x_next,
+            "t_next": t_next,
+            "mask_next": observed.clone(),
+            "x_future": x_future,
+            "t_future": torch.from_numpy(self._times[future]),
+            "mask_future": torch.ones(FORECAST_LEN, len(COLUMNS), dtype=torch.bool),
+            # legacy names, kept while recipes switch (see data_api.md)
+            "y": x_next, "t_y": t_next, "y_future": x_future,
         }
 
     def __repr__(self) -> str:
@@ -157,7 +170,8 @@ def plane_vibration(
     root: str | os.PathLike[str] | None = None,
     download: bool = True,
     *,
-    normalize: bool = True,
+    normalize: NormalizeLike = False,
+    time_unit: Any = "sample",
 ) -> PlaneVibration:
     """Plane-vibration segments under the HBNODE protocol: 509 / 254 / 254 for train / valid / test.
 
@@ -167,20 +181,26 @@ def plane_vibration(
         split: ``"train"``, ``"valid"`` or ``"test"``.
         root: Data root holding ``plane_vibration/pv.csv`` (default ``$ODERNN_DATA``, else the user cache).
         download: Download the file if missing (verified by SHA-256).
-        normalize: Standardise with the training split's mean and std (default True). False gives raw values.
+        normalize: ``False`` (default): raw values; ``True``: standardise with the training split's mean and std
+            (the HBNODE protocol, without its test leak); or a :class:`~odernn.data.Normalization`.
+        time_unit: ``"sample"`` (default: times are sample indices) or a unit of
+            :func:`~odernn.data.parse_time_unit` (``"s"``, ``"ms"``, ...).
 
     Returns:
-        A :class:`PlaneVibration` dataset; items ``{"x": (64, 5), "t": (64,), "y": (64, 5), "t_y": (64,),
-        "y_future": (8, 5), "t_future": (8,)}``.
+        A :class:`PlaneVibration` dataset; items ``{"x": (64, 5), "t": (64,), "mask": (64, 5), "x_next": (64, 5),
+        "t_next": (64,), "mask_next": (64, 5), "x_future": (8, 5), "t_future": (8,), "mask_future": (8, 5)}``.
 
     Raises:
-        ValueError: Unknown split, or a file with unexpected columns.
+        ValueError: Unknown split or time unit, or a file with unexpected columns.
         MissingDataError: File missing and not downloadable.
         ChecksumError: The file differs from the published one.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    normalization = resolve_normalize(normalize)
+    sample_times(np.zeros(1), SAMPLE_RATE_HZ, time_unit)  # checks the unit before the file is read
     folder = ensure_dataset("plane_vibration", root=root, download=download)
     path = (Path(folder) / "pv.csv").resolve()
     st = path.stat()
-    return PlaneVibration(_protocol(str(path), st.st_size, st.st_mtime_ns), split, normalize=bool(normalize))
+    return PlaneVibration(_protocol(str(path), st.st_size, st.st_mtime_ns), split, normalize=normalization or False,
+                          time_unit=time_unit)

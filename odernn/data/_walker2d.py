@@ -15,7 +15,9 @@ Protocol, step by step (the order matters, because one random generator is share
    ``start < K - 64`` (``range(0, K - 64, 16)``: a window ending exactly at the last kept step is not used).
 
 This yields 9,684 / 1,272 / 1,937 windows. Values are float32 copies of the float64 files and are not
-normalised (the ODE-LSTM and HBNODE papers report MSE on raw values).
+normalised by default (the ODE-LSTM and HBNODE papers report MSE on raw values).
+
+Exactly the 400 registered files are read, each verified by SHA-256: other files in the folder are ignored.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Literal
 
 import numpy as np
 import torch
 
-from ._irregular import drop_stamps
-from ._normalized import NormalizedDataset
+from ._normalized import NormalizedDataset, NormalizeLike, resolve_normalize
+from ._registry import registered_files
 from ._root import ensure_dataset
+from ._schema import Item
+from ._stamps import drop_stamps
 
 __all__ = ["Walker2d", "walker2d"]
 
@@ -63,12 +68,15 @@ def _split_files(names: list[str]) -> dict[str, list[str]]:
     return {"test": names[:n_test], "valid": names[n_test:n_test_valid], "train": names[n_test_valid:]}
 
 
+def registered_names() -> list[str]:
+    """Base names of the registered rollout files (``rollout_000.npy`` ... ``rollout_399.npy``)."""
+    return [PurePosixPath(f.path).name for f in registered_files("walker2d")]
+
+
 @lru_cache(maxsize=4)
 def _protocol(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> dict[str, _Split]:
     """Run the protocol once for a folder (``stamp`` = file names, sizes, mtimes, so a changed file reloads)."""
-    del stamp
-    names = [f for f in os.listdir(folder) if f.endswith(".npy")]
-    groups = _split_files(names)
+    groups = _split_files([name for name, _, _ in stamp])
     rng = np.random.RandomState(DROP_SEED)
     out: dict[str, _Split] = {}
     for split in SPLITS:  # train, then valid, then test: the generator is shared in this order
@@ -95,24 +103,24 @@ def _protocol(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> dict[str,
 class Walker2d(NormalizedDataset):
     """Walker2D windows of one split under the ODE-LSTM protocol (see the module docstring).
 
-    Item ``k`` is a dict:
+    Item ``k`` is an :class:`~odernn.data.Item`:
 
-    - ``"x"``: float32 ``(64, 17)``, the 64 kept input steps of the window.
+    - ``"x"``: float32 ``(64, 17)``, the 64 kept input steps of the window; ``"mask"``: bool ``(64, 17)``, all True.
     - ``"dt"``: float32 ``(64,)``, raw steps since the previous kept step (1, 2, 3, ...), the ODE-LSTM time input.
     - ``"t"``: float32 ``(64,)``, absolute observation times ``cumsum(dt)``, measured from the kept step just
       before the window (so ``t[0] = dt[0]``, ``t[i] - t[i-1] = dt[i]``); strictly increasing, in raw steps.
-    - ``"y"``: float32 ``(64, 17)``, the next raw step after each input step (raw row ``r + 1`` for input row
-      ``r``, whether or not row ``r + 1`` was kept).
+    - ``"x_next"``: float32 ``(64, 17)``, the next raw step after each input step (raw row ``r + 1`` for input row
+      ``r``, whether or not row ``r + 1`` was kept); ``"t_next"`` ``(64,)`` = ``t + 1``; ``"mask_next"`` all True.
 
     Attributes:
         split: ``"train"``, ``"valid"`` or ``"test"``.
         files: Rollout file names of the split, in protocol order.
         mean, std: float32 ``(17,)`` statistics of the training inputs (kept steps of the training rollouts),
-            applied to ``x`` and ``y`` only when ``normalize=True``.
-        normalize: Whether items are standardised.
+            applied to ``x`` and ``x_next`` when a normalisation is chosen.
+        normalization: The :class:`~odernn.data.Normalization` in use, or ``None`` (raw values).
     """
 
-    def __init__(self, split: _Split, name: str, train: _Split, *, normalize: bool) -> None:
+    def __init__(self, split: _Split, name: str, train: _Split, *, normalize: NormalizeLike) -> None:
         self.split = name
         self._data = split
         self.files = split.files
@@ -120,26 +128,28 @@ class Walker2d(NormalizedDataset):
         self.mean = stacked.mean(axis=0).astype(np.float32)
         std = stacked.std(axis=0)
         self.std = np.where(std > 0, std, 1.0).astype(np.float32)
-        self.normalize = normalize
+        self.normalization = resolve_normalize(normalize)
 
     def __len__(self) -> int:
         return int(self._data.windows.shape[0])
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, k: int) -> Item:
         if not -len(self) <= k < len(self):
             raise IndexError(f"window index {k} out of range for {len(self)} windows")
         r, s = self._data.windows[k]
-        x = self._data.x[r][s:s + WINDOW]
-        y = self._data.y[r][s:s + WINDOW]
+        x = self.normalize_values(self._data.x[r][s:s + WINDOW])
+        x_next = torch.from_numpy(np.array(self.normalize_values(self._data.y[r][s:s + WINDOW]), dtype=np.float32))
         dt = self._data.dt[r][s:s + WINDOW]
-        if self.normalize:
-            x = (x - self.mean) / self.std
-            y = (y - self.mean) / self.std
+        t = np.cumsum(dt, dtype=np.float32)
         return {
             "x": torch.from_numpy(np.array(x, dtype=np.float32)),
-            "t": torch.from_numpy(np.cumsum(dt, dtype=np.float32)),
+            "t": torch.from_numpy(t),
+            "mask": torch.ones(WINDOW, N_FEATURES, dtype=torch.bool),
             "dt": torch.from_numpy(np.array(dt, dtype=np.float32)),
-            "y": torch.from_numpy(np.array(y, dtype=np.float32)),
+            "x_next": x_next,
+            "t_next": torch.from_numpy(t + np.float32(1.0)),
+            "mask_next": torch.ones(WINDOW, N_FEATURES, dtype=torch.bool),
+            "y": x_next,  # legacy name of x_next, kept while recipes switch (see data_api.md)
         }
 
     def __repr__(self) -> str:
@@ -151,7 +161,7 @@ def walker2d(
     root: str | os.PathLike[str] | None = None,
     download: bool = True,
     *,
-    normalize: bool = False,
+    normalize: NormalizeLike = False,
 ) -> Walker2d:
     """Walker2D windows under the ODE-LSTM protocol: 9,684 / 1,272 / 1,937 for train / valid / test.
 
@@ -162,11 +172,12 @@ def walker2d(
         split: ``"train"``, ``"valid"`` or ``"test"``.
         root: Data root holding ``walker2d/rollout_NNN.npy`` (default ``$ODERNN_DATA``, else the user cache).
         download: Download missing files (verified by SHA-256).
-        normalize: Standardise ``x`` and ``y`` with the mean and std of the training inputs (default False:
-            raw values, as in the reference protocol).
+        normalize: ``False`` (default): raw values, as in the reference protocol; ``True``: standardise ``x`` and
+            ``x_next`` with the mean and std of the training inputs; or a :class:`~odernn.data.Normalization`.
 
     Returns:
-        A :class:`Walker2d` dataset; items ``{"x": (64, 17), "t": (64,), "dt": (64,), "y": (64, 17)}``.
+        A :class:`Walker2d` dataset; items ``{"x": (64, 17), "t": (64,), "mask": (64, 17), "dt": (64,),
+        "x_next": (64, 17), "t_next": (64,), "mask_next": (64, 17)}``.
 
     Raises:
         ValueError: Unknown split.
@@ -175,8 +186,10 @@ def walker2d(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    folder = ensure_dataset("walker2d", root=root, download=download)
-    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).glob("*.npy")))
-    splits = _protocol(str(Path(folder).resolve()), stamp)
-    return Walker2d(splits[split], split, splits["train"], normalize=bool(normalize))
+    normalization = resolve_normalize(normalize)
+    folder = Path(ensure_dataset("walker2d", root=root, download=download)).resolve()
+    stamp = tuple((name, (folder / name).stat().st_size, (folder / name).stat().st_mtime_ns)
+                  for name in registered_names())
+    splits = _protocol(str(folder), stamp)
+    return Walker2d(splits[split], split, splits["train"], normalize=normalization or False)
 
