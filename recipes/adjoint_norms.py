@@ -136,6 +136,9 @@ def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *,
         raise TypeError(f"adjoint norms need an ODE-RNN, got {type(model.core).__name__}")
     core = copy.deepcopy(model.core).to(dtype)
     probed = copy.deepcopy(core)
+    # The cell probes must be part of the autograd graph: the per-gap path calls the cell in it (the fused path runs
+    # the whole sequence inside one autograd function)
+    probed.solver = probed.solver.replace(fused=False)
     probe = _AfterCellProbe(probed.cell)
     probed.cell = probe
     total: Optional[Tensor] = None
@@ -148,14 +151,14 @@ def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *,
             model.eval()
             ref = model(batch)
             model.train(was)
-            mine = model.core(x, t, t0=t0)
+            mine = model.core(x, t, t_start=t0)
         if not torch.allclose(ref, mine, rtol=1e-5, atol=1e-6):
             raise RuntimeError("recipes.walker2d.StepPredictor no longer feeds its ODE-RNN the inputs that "
                                "core_inputs() reproduces; update core_inputs()")
         x, t, t0, y = x.to(dtype), t.to(dtype), t0.to(dtype), batch["y"].to(dtype)
         before = adjoint_norms(core, x, t, y, t0=t0, reduction="none")  # (B, T): dL/dz_i^-
         probe.probes.clear()
-        out = probed(x, t, t0=t0)
+        out = probed(x, t, t_start=t0)
         grads = torch.autograd.grad(F.mse_loss(out[:, -1], y[:, -1]), probe.probes)
         after = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads], dim=1)  # (B, T): dL/dz_i^+
         ok = (before[:, :-1] > 0) & (after[:, :-1] > 0) & (before[:, 1:] > 0)

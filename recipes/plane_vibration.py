@@ -9,7 +9,8 @@ Run::
 
 Data: :func:`odernn.data.plane_vibration` (509 / 254 / 254 segments of 64 irregular input stamps, 5 channels,
 standardised with training statistics). Each segment is fed through the ODE-RNN; the state is then continued by the
-ODE alone to the 8 consecutive raw stamps starting at the segment's last stamp (``model.forecast``).
+ODE alone to the 8 consecutive raw stamps starting at the segment's last stamp (``model.encode`` then
+``model.extrapolate``).
 
 Loss (the paper's): ``MSE(forecast, y_future) + 0.1 * MSE(outputs, y)``, the second term an L2 penalty between the
 RNN output after each observation and the next stamp's values. Reported valid/test metric: the forecast MSE on the
@@ -124,7 +125,8 @@ class Forecaster(nn.Module):
         origin = t[:, :1]
         t_rel, tf_rel = (t - origin) * self.time_scale, (tf - origin) * self.time_scale
         if isinstance(self.core, odernn.ODERNN):
-            return self.core.forecast(x, t_rel, tf_rel, return_outputs=True)
+            enc = self.core.encode(x, t_rel)
+            return enc.outputs, self.core.extrapolate(enc, tf_rel)
         return self.core(x, t_rel, tf_rel)
 
 

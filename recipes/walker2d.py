@@ -114,7 +114,7 @@ class StepPredictor(nn.Module):
         x, t, dt = batch["x"], batch["t"], batch["dt"]
         t_rel = (t - (t[:, :1] - dt[:, :1])) * self.time_scale  # (B, T), t_rel[:, 0] = dt[:, 0] * scale > 0
         if isinstance(self.core, odernn.ODERNN):
-            return self.core(x, t_rel, t0=t_rel.new_zeros(t_rel.shape[0]))
+            return self.core(x, t_rel, t_start=t_rel.new_zeros(t_rel.shape[0]))
         return self.core(x, t_rel)
 
 
