@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -110,11 +110,26 @@ class NormalizedDataset(Dataset):
             out = out * multiplier
         return out
 
-    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation on values of shape ``(..., features)``; identity for raw values."""
+    def denormalize(self, values: torch.Tensor, features: Sequence[int] | None = None) -> torch.Tensor:
+        """Undo the normalisation on values of shape ``(..., F)``; identity for raw values.
+
+        Args:
+            values: Normalised values whose last dimension holds the features ``features``.
+            features: Indices into the statistics (default: all of them), e.g. ``[1]`` for Silverbox's ``y``
+                (``V2``) and ``[0]`` for its ``x`` (``V1``).
+
+        Raises:
+            ValueError: The last dimension of ``values`` does not match the chosen features.
+        """
+        idx = list(range(len(self.mean))) if features is None else list(features)
+        if values.shape[-1] != len(idx):
+            raise ValueError(
+                f"values have {values.shape[-1]} features in their last dimension but the statistics chosen have "
+                f"{len(idx)} ({len(self.mean)} in all); pass features= with the indices of these values' features"
+            )
         if self.normalization is None:
             return values
-        shift, divisor, multiplier = self._shift_factor()
+        shift, divisor, multiplier = (None if a is None else a[idx] for a in self._shift_factor())
         kw = dict(dtype=values.dtype, device=values.device)
         out = values
         if multiplier is not None:
