@@ -204,9 +204,10 @@ class LeanDopri5(Dopri5Solver):
             probe = torch.add(err, tol).sum().mul_(0.0)
             error_ratio = float(self.norm(err.div_(tol)) + probe)
         if not math.isfinite(error_ratio):
-            raise SolverError(f"the state became non-finite (NaN or inf) in the step from t={t0:.6g} with dt={dt:.3g}: "
-                              f"the dynamics blew up or the network returned NaN/inf. Check the network's outputs, "
-                              f"regularise the model or shorten the time span")
+            raise SolverError(f"the state became non-finite (NaN or inf) in the step from solver time {t0:.6g} with "
+                              f"step size {dt:.3g} (in a backward pass: the adjoint state): the dynamics blew up or "
+                              f"the network returned NaN/inf. Check the network's outputs, regularise the model or "
+                              f"shorten the time span")
         accept = error_ratio <= 1
         if dt > self._max_step:
             accept = False
