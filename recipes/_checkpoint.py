@@ -77,16 +77,17 @@ def _read(path: Path, trusted: bool) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear error
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+        text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # torch's first sentence says what failed
+        if "weights only load failed" in str(e).lower() and "global" in str(e).lower():  # a pickled object
             raise _fail(path, "it holds Python objects that can only be loaded by executing code (an odernn "
                               "checkpoint of format 1 or a foreign file); it is not loaded, for safety. A format-1 "
                               "checkpoint you wrote yourself loads with load_checkpoint(..., trusted=True)") from None
         raise _fail(path, f"it is not a readable PyTorch file of {size:,} bytes (truncated or damaged?): "
                           f"{type(e).__name__}: {text}") from None
     if not isinstance(ckpt, dict) or "format" not in ckpt:
+        found = f"a dict with keys {sorted(map(str, ckpt))[:10]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise _fail(path, f"it is not an odernn recipe checkpoint (expected a dict with keys {list(_KEYS)}, found "
-                          f"{type(ckpt).__name__}{' with keys ' + str(sorted(map(str, ckpt)))[:200] if isinstance(ckpt, dict) else ''})")
+                          f"{found})")
     if ckpt["format"] == 1 and trusted:
         return ckpt
     if ckpt["format"] != FORMAT or not all(k in ckpt for k in _KEYS):

@@ -206,7 +206,7 @@ PENALTY = 0.1
 def datasets(args: argparse.Namespace) -> dict:
     from odernn.data import plane_vibration
 
-    return {s: plane_vibration(s, root=args.data_root) for s in ("train", "valid", "test")}
+    return {s: plane_vibration(s, root=args.data_root, normalize=True) for s in ("train", "valid", "test")}
 
 
 def make_spec() -> RecipeSpec:
