@@ -23,7 +23,14 @@ sequence to check the result is finite.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import shutil
+import time
+import types
+import warnings
+import weakref
 from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import torch
@@ -33,7 +40,7 @@ from ._clip import clip_adjoint
 from ._errors import SolverError
 from ._solver import Solver
 
-__all__ = ["FUSED_METHODS", "fused_supported", "Plan", "make_plan", "run_sequence"]
+__all__ = ["FUSED_METHODS", "fused_supported", "Plan", "make_plan", "run_sequence", "compile_log"]
 
 
 # -- tableaus -------------------------------------------------------------------------------------------------------
@@ -284,6 +291,106 @@ def _grid(step: float, start: float, end: float, dtype: torch.dtype) -> List[flo
     return g
 
 
+# -- compiled evaluations (Solver(compile=True)) -------------------------------------------------------------------
+def _eval_field(dyn: nn.Module, t: Tensor, z: Tensor, scale: Tensor) -> Tensor:
+    return dyn(t, z) * scale
+
+
+def _aug_field(dyn: nn.Module, t: Tensor, z: Tensor, a: Tensor, scale: Tensor, params: dict):
+    def g(z, params):
+        return torch.func.functional_call(dyn, params, (t, z)) * scale
+
+    out, pull = torch.func.vjp(g, z, params)
+    gz, gp = pull(a)
+    return out, gz, gp
+
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_LOG: List[dict] = []
+_WARNED: set = set()
+
+
+def compile_log() -> List[dict]:
+    """What ``Solver(compile=True)`` compiled in this process: one entry per first call of a compiled evaluation
+    (``kind`` "field" or "adjoint field", the dynamics class, state shape, dtype, device, grad mode) with
+    ``seconds``, the wall time of that first call (tracing and compiling included)."""
+    return [dict(e) for e in _LOG]
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_available_for(device_type: str) -> bool:
+    if device_type == "cpu":
+        return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+    if device_type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return False
+
+
+def _compiler_available(device: torch.device) -> bool:
+    return _compiler_available_for(device.type)
+
+
+def _fresh(fn: Callable, tag: str) -> Callable:
+    """A copy of ``fn`` with its own code object: dynamo keeps its compile cache per code object, so each dynamics
+    gets its own cache instead of sharing (and exhausting) one."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def _compiled(dyn: nn.Module, kind: str, z: Tensor) -> Optional[Callable]:
+    """The compiled evaluation ``kind`` for ``dyn`` (built on first use), or ``None`` to run eagerly."""
+    entry = _COMPILED.get(dyn)
+    if entry is None:
+        entry = _COMPILED[dyn] = {"eager": False, "seen": set()}
+    if entry["eager"]:
+        return None
+    fn = entry.get(kind)
+    if fn is not None:
+        return fn
+    if not _compiler_available(z.device):
+        entry["eager"] = True
+        _warn_once(f"nocompiler-{z.device.type}",
+                   f"Solver(compile=True): no compiler for {z.device.type} was found (a C++ compiler such as g++ on "
+                   f"the CPU, triton on CUDA); running the solver loop eagerly")
+        return None
+    base = _eval_field if kind == "field" else _aug_field
+    fn = entry[kind] = torch.compile(_fresh(base, f"{len(_LOG)}_{id(dyn):x}"), dynamic=True)
+    return fn
+
+
+def _call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable):
+    fn = _compiled(dyn, kind, z)
+    if fn is None:
+        return eager(*args)
+    entry = _COMPILED[dyn]
+    key = (kind, tuple(z.shape[1:]), z.dtype, z.device.type, torch.is_grad_enabled())
+    if key in entry["seen"]:
+        return fn(dyn, *args)
+    start = time.perf_counter()
+    try:
+        out = fn(dyn, *args)
+    except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
+        entry["eager"] = True
+        _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
+                                                 f"({type(e).__name__}: {e}); running the solver loop eagerly")
+        return eager(*args)
+    entry["seen"].add(key)
+    _LOG.append(dict(kind="field" if kind == "field" else "adjoint field", dynamics=type(dyn).__name__,
+                     state_shape=tuple(z.shape), dtype=str(z.dtype), device=str(z.device),
+                     grad=torch.is_grad_enabled(), seconds=time.perf_counter() - start))
+    return out
+
+
 # -- the sequence ---------------------------------------------------------------------------------------------------
 class Sequence_(NamedTuple):
     """What a run needs besides tensors (kept out of autograd's inputs)."""
@@ -312,6 +419,10 @@ class _Gap:
         self.phase = phase
         self.counters = getattr(self.dyn, "_nfe_counters", ())
         self._s0 = None
+        self.compile = seq.cfg.compile
+
+    def _eager(self, t: Tensor, z: Tensor, scale: Tensor) -> Tensor:
+        return self.dyn(t, z) * scale
 
     def time(self, s: float) -> Tensor:
         if self.t_from is None:  # the built-in dynamics ignore t unless their net is time-dependent
@@ -334,7 +445,10 @@ class _Gap:
 
     def __call__(self, s: float, ys: List[Tensor]) -> List[Tensor]:
         self.count(False)
-        out = self.dyn(self.time(s), ys[0]) * self.scale
+        if self.compile:
+            out = _call_compiled(self.dyn, "field", ys[0], (self.time(s), ys[0], self.scale), self._eager)
+        else:
+            out = self.dyn(self.time(s), ys[0]) * self.scale
         if self.counters and out.requires_grad:
             out.register_hook(_BackwardCount(self.counters))
         return [out]
@@ -352,13 +466,28 @@ class _BackwardCount:
 class _AugmentedGap(_Gap):
     """The adjoint system of one gap in reversed time ``tau = -s``: ``[z, a]`` active, parameter gradients passive."""
 
-    def __init__(self, seq: Sequence_, i: int, params: List[Tensor]) -> None:
+    def __init__(self, seq: Sequence_, i: int, params: List[Tensor], names: List[str]) -> None:
         super().__init__(seq, i, "adjoint (backward)")
         self.params = params
+        self.names = names
+
+    def _eager_aug(self, t: Tensor, z: Tensor, a: Tensor, scale: Tensor, params: dict):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            g = self.dyn(t, z) * scale
+            grads = torch.autograd.grad(g, (z, *self.params), a, allow_unused=True)
+        return g.detach(), grads[0], dict(zip(self.names, grads[1:]))
 
     def __call__(self, tau: float, ys: List[Tensor]) -> List[Tensor]:
         self.count(True)
         z, a = ys
+        if self.compile:
+            params = dict(zip(self.names, self.params))
+            g, gz, gp = _call_compiled(self.dyn, "aug", z, (self.time(-tau), z, a, self.scale, params),
+                                       self._eager_aug)
+            grads = [gz, *(gp[n] for n in self.names)]
+            grads = [torch.zeros_like(x) if gx is None else gx for x, gx in zip((z, *self.params), grads)]
+            return [torch.neg(g), *grads]
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             g = self.dyn(self.time(-tau), z) * self.scale
@@ -426,6 +555,7 @@ class _SequenceAdjoint(torch.autograd.Function):
         zpre, zpost, step = _forward_loop(seq, z0, cell_x, probe, state["step"], False, firsts)
         state["step"] = step
         ctx.seq, ctx.firsts, ctx.n_dyn = seq, firsts, n_dyn
+        ctx.param_names = state["names"]
         ctx.has_x, ctx.has_probe = cell_x is not None, probe is not None
         ctx.save_for_backward(zpre, zpost, cell_x, probe, *params)
         return zpre, zpost
@@ -475,7 +605,7 @@ class _SequenceAdjoint(torch.autograd.Function):
                 gprobe[:, i] = g
             if plan.moves[i]:
                 z_end = zpre[:, i] if probe is None else zpre[:, i] - probe[:, i]
-                aug = _AugmentedGap(seq, i, list(dyn_params))
+                aug = _AugmentedGap(seq, i, list(dyn_params), ctx.param_names)
                 solve = _Solve(tab, cfg, cfg.norm_function, aug, 2, "adjoint (backward)")
                 y0 = [z_end, g, *[torch.zeros_like(p) for p in dyn_params]]
                 if tab.err is None:
@@ -499,9 +629,11 @@ def run_sequence(seq: Sequence_, z0: Tensor, cell_x: Optional[Tensor], probe: Op
     if not seq.cfg.adjoint or not torch.is_grad_enabled():
         return _forward_loop(seq, z0, cell_x, probe, step, True)
     seen = set()
-    dyn_params = [p for p in seq.dynamics.parameters() if p.requires_grad and not (id(p) in seen or seen.add(id(p)))]
+    named = [(n, p) for n, p in seq.dynamics.named_parameters() if p.requires_grad]
+    dyn_params = [p for _, p in named]
+    seen.update(id(p) for p in dyn_params)
     cell_params = [] if seq.cell is None or not seq.plan.update else \
         [p for p in seq.cell.parameters() if p.requires_grad and not (id(p) in seen or seen.add(id(p)))]
-    state = {"step": step}
+    state = {"step": step, "names": [n for n, _ in named]}
     zpre, zpost = _SequenceAdjoint.apply(seq, state, len(dyn_params), z0, cell_x, probe, *dyn_params, *cell_params)
     return zpre, zpost, state["step"]
