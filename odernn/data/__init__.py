@@ -22,8 +22,8 @@ constructor and the forecaster), :class:`TimeEncoder` (datetimes <-> float times
 one ``time_unit`` vocabulary). Irregularity tools: :func:`drop_stamps`, :func:`sampling_stats`.
 
 Module map: ``_time`` (time encoding), ``_schema`` (item schema), ``_validate`` (input checks), ``_series``
-(user series and windows), ``_collate`` (batching), ``_stamps`` / ``_sampling`` (irregularity tools),
-``_normalized`` (normalisation), ``_registry`` + ``registry.txt`` (what files exist), ``_checksum``,
+(user series), ``_windows`` (windows of them), ``_collate`` (batching), ``_stamps`` / ``_sampling`` (irregularity
+tools), ``_normalized`` (normalisation), ``_registry`` + ``registry.txt`` (what files exist), ``_checksum``,
 ``_download``, ``_root`` (finding, verifying and fetching files), one module per benchmark.
 """
 
@@ -36,11 +36,12 @@ from ._registry import DataFile, Source, registered_datasets, registered_files
 from ._root import data_root, default_cache_dir, ensure_dataset, verify_files
 from ._sampling import sampling_stats
 from ._schema import Item
-from ._series import IrregularSeriesDataset, SeriesWindows
+from ._series import IrregularSeriesDataset
 from ._silverbox import Silverbox, silverbox
 from ._stamps import drop_stamps
 from ._time import UNIT_NAMES, TimeEncoder, encode_times, parse_time_unit, time_kind
 from ._walker2d import Walker2d, walker2d
+from ._windows import SeriesWindows
 
 __all__ = [
     "ENV_VAR",

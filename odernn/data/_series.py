@@ -9,8 +9,8 @@ Three ways in, one representation: every series is a pair ``(times, values)`` wi
 
 All three turn times into floats with :func:`~odernn.data.encode_times`; datetimes keep their
 :class:`~odernn.data.TimeEncoder` so that model outputs at float times map back to timestamps.
-:meth:`IrregularSeriesDataset.windows` cuts series into windows (length, stride, horizon); batch them with
-:func:`~odernn.data.collate_irregular`. Items follow :class:`~odernn.data.Item`.
+:meth:`IrregularSeriesDataset.windows` cuts series into windows (length, stride, horizon; see ``_windows``);
+batch them with :func:`~odernn.data.collate_irregular`. Items follow :class:`~odernn.data.Item`.
 
 Precision: times stay float64 inside the dataset and are cast to the item dtype (float32 by default) only when an
 item is made. When that cast would change a gap by more than 0.1 % (for example epoch seconds, about 1.7e9, in
@@ -30,8 +30,9 @@ from ._sampling import stats_table
 from ._schema import Item
 from ._time import TimeEncoder, encode_times, time_kind
 from ._validate import cast_keeps_gaps, check_times, check_values, numeric_block, require_column, select_columns
+from ._windows import SeriesWindows, window_spans
 
-__all__ = ["IrregularSeriesDataset", "SeriesWindows"]
+__all__ = ["IrregularSeriesDataset"]
 
 
 def _encode(
@@ -423,10 +424,9 @@ class IrregularSeriesDataset(Dataset):
             frames.append(part)
         return pd.concat(frames, ignore_index=True)
 
-    def sampling_stats(self, *, unit: str | pd.Timedelta = "s") -> pd.DataFrame:
+    def sampling_stats(self) -> pd.DataFrame:
         """Per-series sampling statistics (see :func:`odernn.data.sampling_stats`), one row per series, in the
-        dataset's float time unit (``unit`` is unused: the times are already floats)."""
-        del unit
+        dataset's float time unit."""
         rows = [(t, ~np.isnan(v)) for t, v in zip(self._times, self._values)]
         return stats_table(rows, self.feature_names, pd.Index(self.series_ids, name="series"))
 
@@ -460,74 +460,10 @@ class IrregularSeriesDataset(Dataset):
             ValueError: Non-positive ``length``/``stride``, negative ``horizon``, or a series shorter than a window
                 (unless ``skip_short``).
         """
-        for name, val, low in (("length", length, 1), ("stride", length if stride is None else stride, 1),
-                               ("horizon", horizon, 0)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(val).__name__}")
-            if val < low:
-                raise ValueError(f"{name} must be >= {low}, got {val}")
-        stride = int(length if stride is None else stride)
-        length, horizon = int(length), int(horizon)
-        spans: list[tuple[int, int, int]] = []
-        for i, t in enumerate(self._times):
-            n_in = t.shape[0] - horizon
-            starts = list(range(0, n_in - length + 1, stride)) if n_in >= length else []
-            own = [(i, s, s + length) for s in starts]
-            if not drop_last:
-                nxt = starts[-1] + stride if starts else 0
-                if nxt < n_in:
-                    own.append((i, nxt, n_in))
-            if not own and not skip_short:
-                need = length + horizon if drop_last else horizon + 1
-                raise ValueError(
-                    f"series {self.series_ids[i]!r} (index {i}) has {t.shape[0]} stamps but a window needs "
-                    f"{need} (length={length}, horizon={horizon}); use a shorter length"
-                    f"{', drop_last=False to keep a shorter last window' if drop_last else ''}, or skip_short=True "
-                    "to leave such series out"
-                )
-            spans.extend(own)
-        if not spans:
-            raise ValueError(f"no series is long enough for a window of length={length} and horizon={horizon}")
-        return SeriesWindows(self, spans, horizon)
+        spans = window_spans([t.shape[0] for t in self._times], self.series_ids, length, stride=stride,
+                             horizon=horizon, drop_last=drop_last, skip_short=skip_short)
+        return SeriesWindows(self, spans, int(horizon))
 
     def __repr__(self) -> str:
         enc = f", time_encoder={self.time_encoder!r}" if self.time_encoder else ""
         return f"IrregularSeriesDataset(n_series={len(self)}, features={self.feature_names}{enc})"
-
-
-class SeriesWindows(Dataset):
-    """Windows of an :class:`IrregularSeriesDataset` (made by :meth:`IrregularSeriesDataset.windows`).
-
-    Item ``k`` is an :class:`~odernn.data.Item`:
-
-    - ``"x"`` ``(L_k, F)``, ``"t"`` ``(L_k,)``, ``"mask"`` ``(L_k, F)``: the input stamps (``L_k = length`` except
-      for a shorter last window).
-    - ``"x_future"`` ``(H, F)``, ``"t_future"`` ``(H,)``, ``"mask_future"`` ``(H, F)``: the ``horizon`` stamps that
-      follow.
-    - ``"series"``: index of the series in the parent dataset; ``"start"``: index of the first input stamp in it.
-
-    Values are 0 where not observed (mask False); times are on the parent's axis (minus its ``time_offsets``).
-    Batch with :func:`~odernn.data.collate_irregular`.
-
-    Attributes:
-        source: The parent dataset (for ``time_encoder``, ``feature_names``, ``series_ids``).
-        spans: ``(series, start, end)`` per window; inputs are stamps ``[start, end)``.
-        horizon: Target stamps per window.
-    """
-
-    def __init__(self, source: IrregularSeriesDataset, spans: Sequence[tuple[int, int, int]], horizon: int) -> None:
-        self.source = source
-        self.spans = list(spans)
-        self.horizon = horizon
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-    def __getitem__(self, k: int) -> Item:
-        i, lo, hi = self.spans[k]
-        x, t, mask = self.source._stamps(i, lo, hi)
-        xf, tf, mf = self.source._stamps(i, hi, hi + self.horizon)
-        return {"x": x, "t": t, "mask": mask, "x_future": xf, "t_future": tf, "mask_future": mf,
-                # legacy names of the future group, kept while recipes and the forecaster switch (data_api.md)
-                "y": xf, "t_y": tf, "mask_y": mf,
-                "series": i, "start": lo}
