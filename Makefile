@@ -1,5 +1,6 @@
 # odernn: `make demo` runs the quick-start demo, `make test` runs the test suite.
-# Both create a local virtual environment (.venv) on first use and install what they need.
+# `make reproduce` runs the full-length sequence protocol of issue 13 (DEVICE=cuda on a GPU machine; extra flags of
+# python -m recipes.reproduce in REPRODUCE_ARGS). All create a local virtual environment (.venv) on first use.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,9 +8,11 @@ PY := $(VENV)/bin/python
 # torch and torchvision builds that go together; override e.g. TORCH_SPEC="torch torchvision" elsewhere.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ODERNN_DATA ?= $(abspath ../shared/data)
+DEVICE ?= auto
+REPRODUCE_ARGS ?=
 export ODERNN_DATA
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench reproduce clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +31,9 @@ test-slow: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.overhead
+
+reproduce: $(VENV)/.installed
+	$(PY) -m recipes.reproduce --device $(DEVICE) $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

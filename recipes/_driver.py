@@ -89,9 +89,16 @@ def _log(ctx: DistContext, msg: str) -> None:
 
 
 def checkpoint_path(args: argparse.Namespace, folder: Path) -> Path:
-    """Where the checkpoint of the run in ``folder`` lives: ``--checkpoint-dir``/<folder name>/, else ``folder``."""
+    """Where the checkpoint of the run in ``folder`` lives: ``folder`` itself, or with ``--checkpoint-dir CKPT`` the
+    same place relative to ``CKPT`` as ``folder`` is relative to ``--out`` (``CKPT/<model>/``)."""
     base = getattr(args, "checkpoint_dir", None)
-    return (Path(base) / folder.name if base else folder) / CHECKPOINT_NAME
+    if not base:
+        return folder / CHECKPOINT_NAME
+    try:
+        rel = Path(folder).relative_to(Path(args.out))
+    except (TypeError, ValueError):  # --out not given, or the folder is elsewhere
+        rel = Path(Path(folder).name)
+    return Path(base) / rel / CHECKPOINT_NAME
 
 
 def run_recipe(spec: RecipeSpec, args: argparse.Namespace) -> dict[str, dict]:

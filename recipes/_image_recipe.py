@@ -105,7 +105,9 @@ def image_main(dataset: str, description: str, argv: Optional[Sequence[str]] = N
     out = Path(args.out)
     results: dict = {}
     for tol in args.tolerances:
-        sub = argparse.Namespace(**{**vars(args), "rtol": tol, "atol": tol, "out": str(out / f"tol_{tol:g}")})
+        ckpt = args.checkpoint_dir and str(Path(args.checkpoint_dir) / f"tol_{tol:g}")
+        sub = argparse.Namespace(**{**vars(args), "rtol": tol, "atol": tol, "out": str(out / f"tol_{tol:g}"),
+                                    "checkpoint_dir": ckpt})
         results[tol] = run_recipe(spec, sub)
     write_tolerance_sweep(out, args.tolerances, expand_models(args.model, MODELS), dataset)
     print(f"tolerance sweep written to {out / 'tolerance_sweep.csv'} and {out / 'tolerance_sweep.png'}")

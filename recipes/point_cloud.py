@@ -50,10 +50,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 import odernn
 
-from ._checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ._checkpoint import load_checkpoint
 from ._cli import base_parser, expand_models, run_cli
 from ._distributed import DistContext, init_distributed
-from ._driver import RecipeSpec, fit_model
+from ._driver import RecipeSpec, checkpoint_path, fit_model
 from ._files import atomic_write_csv, atomic_write_text, read_csv
 from ._loops import TrainingDiverged, count_parameters
 from ._report import MetricsWriter, compare_models, pyplot, save_figure, write_summary
@@ -233,7 +233,7 @@ def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: DistC
         for r in metrics:
             epoch_rows.setdefault(r["epoch"], []).append(r)
         net = build_model(model, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(ctx.device)
-        load_checkpoint(folder / name / CHECKPOINT_NAME, model=net, restore_rng=False)
+        load_checkpoint(checkpoint_path(run_args, folder / name), model=net, restore_rng=False)
         x, y = (tensor.to(ctx.device) for tensor in data["train"].tensors)
         loss, acc = _final_eval(net, x, y)
         last = metrics[-1]
@@ -344,7 +344,7 @@ def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, devic
     per time."""
     plt = pyplot()
     run = f"run_{args.first_run:03d}"
-    avail = [m for m in models if (out / m / run / CHECKPOINT_NAME).exists()]
+    avail = [m for m in models if checkpoint_path(args, out / m / run).exists()]
     if not avail:
         return None
     fig, axes = plt.subplots(len(avail), len(times), figsize=(2.6 * len(times), 2.6 * len(avail)), squeeze=False)
@@ -353,7 +353,7 @@ def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, devic
     t = torch.tensor(times, dtype=torch.float32)
     for i, m in enumerate(avail):
         net = build_model(m, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(device)
-        load_checkpoint(out / m / run / CHECKPOINT_NAME, model=net, restore_rng=False)
+        load_checkpoint(checkpoint_path(args, out / m / run), model=net, restore_rng=False)
         net.eval()
         traj = net.trajectory(x, t).cpu()  # (B, T, n)
         w = net.readout.weight.detach().cpu()[0]

@@ -1,0 +1,139 @@
+"""Reproduction tooling (issue 13): the report's table and figure, the protocol that `make reproduce` runs, and (slow)
+a rerun of a committed run's first epochs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from recipes import plane_vibration, reproduce, report, walker2d
+from recipes._files import atomic_write_csv, atomic_write_json, read_csv
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ODERNN_DATA", "/nonexistent"))
+
+
+def _fake_run(folder: Path, *, epochs: int, best: int, failed: bool = False) -> list[dict]:
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "valid_loss": abs(e - best) + 0.5, "test_loss": 2.0 + e / 100,
+             "forward_nfe": 10.0 + e, "backward_nfe": 20.0 + 2 * e, "valid_nfe": 5.0, "test_nfe": 5.0,
+             "seconds": 36.0, "eval_seconds": 3.6} for e in range(1, epochs + 1)]
+    atomic_write_csv(rows, folder / "metrics.csv")
+    summary = {"model": folder.name, "num_params": 16_127}
+    if failed:
+        summary.update(failed=True, error="the solve needed more than max_steps=10000 steps")
+    atomic_write_json(summary, folder / "summary.json")
+    atomic_write_json({"argv": ["python", "-m", "recipes.plane_vibration", "--model", folder.name],
+                       "command": f"python -m recipes.plane_vibration --model {folder.name}", "torch": "2.x",
+                       "device": "cpu", "machine": {"processor": "x86_64", "cpus": 2, "platform": "Linux"},
+                       "date": "2026-11-29T00:00:00+00:00"}, folder / "config.json")
+    return rows
+
+
+def test_report_table_and_figure(tmp_path):
+    task = tmp_path / "reproduction" / "plane_vibration"
+    _fake_run(task / "hbnode", epochs=20, best=7)
+    _fake_run(task / "node", epochs=3, best=3, failed=True)
+    (task / "notes").mkdir()  # a folder without metrics is not a run
+    written = report.main([str(tmp_path / "reproduction")])
+    assert written == [task / "report.md", task / "report.png"]
+    md = (task / "report.md").read_text()
+    lines = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    # the paper's order: ODE-RNN before HBNODE-RNN
+    assert md.index("| ODE-RNN (`node`)") < md.index("| HBNODE-RNN (`hbnode`)")
+    hb = lines["| HBNODE-RNN (`hbnode`)"].split(" | ")
+    assert hb[1:5] == ["16,127", "20", "7", "2.07"]  # params, epochs, best-valid epoch, test loss there
+    # NFE at epoch 1, 10% (epoch 2), 50% (epoch 10) and 100% (epoch 20)
+    assert hb[5:9] == ["11.0 / 22.0 (ep 1)", "12.0 / 24.0 (ep 2)", "20.0 / 40.0 (ep 10)", "30.0 / 60.0 (ep 20)"]
+    assert hb[9:11] == ["36", "0.22"]  # training s / epoch; 20 x 39.6 s = 0.22 h
+    assert "failed: the solve needed more than max_steps" in lines["| ODE-RNN (`node`)"]
+    assert "`python -m recipes.plane_vibration --model hbnode`; torch 2.x" in md
+    assert (task / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_refuses_a_folder_without_runs(tmp_path):
+    with pytest.raises(report.RecipeError, match="found no run folders"):
+        report.main([str(tmp_path)])
+
+
+@given(epochs=st.integers(1, 2000), fraction=st.sampled_from((0.0, *report.FRACTIONS)))
+def test_row_at_fraction_picks_that_epoch(epochs, fraction):
+    rows = [{"epoch": e} for e in range(1, epochs + 1)]
+    r = report.row_at_fraction(rows, fraction)
+    assert r["epoch"] == max(1, math.ceil(round(fraction * epochs, 9)))
+    assert 1 <= r["epoch"] <= epochs
+
+
+def test_reproduce_runs_the_issue_13_protocol(tmp_path):
+    args = reproduce.make_parser().parse_args(["--device", "cuda", "--second-seed", "--out", str(tmp_path / "b"),
+                                               "--checkpoint-dir", str(tmp_path / "r")])
+    runs = reproduce.protocol(args)
+    assert [(r.task, r.model) for r in runs] == [
+        *[("plane_vibration", m) for m in reproduce.HYBRIDS], ("plane_vibration", "ncde"),
+        ("plane_vibration_seed1", "hbnode"), ("plane_vibration_seed1", "node"),
+        *[("walker2d", m) for m in reproduce.HYBRIDS]]
+    for r in runs:
+        mod = {"recipes.plane_vibration": plane_vibration, "recipes.walker2d": walker2d}[r.module]
+        a = mod.make_parser().parse_args(list(r.argv))
+        assert (a.rtol, a.atol, a.adjoint, a.device, a.threads, a.resume) == (1e-7, 1e-7, True, "cuda", 1, True)
+        assert a.out == str(tmp_path / "b" / r.task) and a.checkpoint_dir == str(tmp_path / "r" / r.task)
+        if mod is plane_vibration:
+            assert (a.batch_size, a.lr, a.epochs) == (64, 1e-4, 500)  # Table 1, the paper's 500 epochs
+            assert a.seed == (1 if r.task.endswith("seed1") else 0)
+        else:
+            assert (a.batch_size, a.lr, a.epochs, a.seed) == (256, 3e-3, 10, 0)  # one equal budget for all
+
+
+def test_reproduce_schedules_runs_writes_logs_and_reports(tmp_path, monkeypatch):
+    """The scheduler on a cheap stand-in protocol (point-cloud runs): statuses, logs, report."""
+    out, ckpt = tmp_path / "b", tmp_path / "r"
+
+    def cheap(args):
+        return [reproduce.Run("point_cloud", m, ("--model", m, "--runs", "1", "--epochs", "1", "--rtol", "1e-3",
+                                                  "--atol", "1e-4", "--device", "cpu", "--out", str(out / "point_cloud"),
+                                                  "--checkpoint-dir", str(ckpt / "point_cloud"), "--resume"))
+                for m in ("hbnode", "node")]
+
+    monkeypatch.setattr(reproduce, "protocol", cheap)
+    monkeypatch.chdir(REPO)
+    status = reproduce.main(["--out", str(out), "--checkpoint-dir", str(ckpt), "--jobs", "2"])
+    assert status == {"point_cloud/hbnode": 0, "point_cloud/node": 0}
+    assert "trainable parameters" in (ckpt / "point_cloud" / "hbnode.log").read_text()
+    assert (ckpt / "point_cloud" / "hbnode" / "run_000" / "checkpoint.pt").exists()
+    assert not list((out / "point_cloud").rglob("*.pt"))  # no checkpoint among the files to commit
+    assert "| HBNODE-RNN (`hbnode`)" in (out / "point_cloud" / "report.md").read_text()
+
+
+def test_rerun_argv_keeps_the_settings_and_moves_the_run():
+    cfg = {"argv": ["python", "-m", "recipes.plane_vibration", "--model", "hbnode", "--rtol", "1e-7", "--epochs",
+                    "500", "--out", "benchmarks/reproduction/plane_vibration", "--checkpoint-dir", "runs/x",
+                    "--resume", "--no-progress"]}
+    assert reproduce.rerun_argv(cfg, epochs=2, out="/tmp/o") == [
+        "--model", "hbnode", "--rtol", "1e-7", "--no-progress", "--epochs", "2", "--out", "/tmp/o"]
+    with pytest.raises(ValueError, match="python -m recipes"):
+        reproduce.rerun_argv({"argv": ["train.py"]}, epochs=2, out="o")
+
+
+COMMITTED = REPO / "benchmarks" / "reproduction" / "plane_vibration" / "hbnode"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (COMMITTED / "metrics.csv").exists(), reason="no committed plane-vibration HBNODE run")
+@pytest.mark.skipif(not (DATA / "plane_vibration").is_dir(), reason="no plane vibration data")
+def test_rerun_matches_the_committed_first_epochs(tmp_path):
+    """The first two epochs of a rerun with the committed command (same seed, CPU) match the committed rows."""
+    config = json.loads((COMMITTED / "config.json").read_text())
+    argv = reproduce.rerun_argv(config, epochs=2, out=str(tmp_path))
+    argv = [a for a in argv] + ["--device", "cpu", "--no-progress"]
+    plane_vibration.main(argv)
+    ours, theirs = read_csv(tmp_path / "hbnode" / "metrics.csv"), read_csv(COMMITTED / "metrics.csv")[:2]
+    assert [r["epoch"] for r in ours] == [1, 2]
+    for a, b in zip(ours, theirs):
+        assert (a["forward_nfe"], a["backward_nfe"], a["test_nfe"]) == (b["forward_nfe"], b["backward_nfe"],
+                                                                         b["test_nfe"])
+        for key in ("train_loss", "valid_loss", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
