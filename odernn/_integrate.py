@@ -48,7 +48,7 @@ class _Field(nn.Module):
 
     def __init__(self, dynamics: Dynamics, adjoint: bool, max_evals: int, t0: Optional[Tensor] = None,
                  dt: Optional[Tensor] = None, adaptive: bool = False, state_dim: int = 2,
-                 time_dtype: Optional[torch.dtype] = None) -> None:
+                 time_dtype: Optional[torch.dtype] = None, state_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         self.dynamics = dynamics
         self.adjoint = adjoint
@@ -60,8 +60,8 @@ class _Field(nn.Module):
         self.time_dtype = None if t0 is None or time_dtype == t0.dtype else time_dtype
         # The built-in dynamics read t only through a time-dependent net: skip forming the absolute time otherwise.
         self.needs_time = dynamics.time_dependent or type(dynamics).forward not in _BUILTIN_FORWARDS
-        # dt broadcast over the state's non-batch dimensions
-        self.scale = None if dt is None else dt.reshape((-1,) + (1,) * (state_dim - 1))
+        # dt broadcast over the state's non-batch dimensions, in the state's dtype (gaps may come in float64)
+        self.scale = None if dt is None else dt.reshape((-1,) + (1,) * (state_dim - 1)).to(state_dtype or dt.dtype)
         self.last_step: Optional[Union[Tensor, float]] = None
         if adaptive:
             # torchdiffeq calls this after each accepted forward step; fixed-grid solvers would warn about it
@@ -323,7 +323,9 @@ def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: Solv
         dynamics: the dynamics.
         z0: (batch, state, ...) states at ``t0``.
         t0: (batch,) start times.
-        dt: (batch,) non-negative gaps; 0 leaves the sample unchanged.
+        dt: (batch,) non-negative gaps; 0 leaves the sample unchanged. ``t0`` and ``dt`` may be float64 with a
+            float32 state: the field is scaled by ``dt`` in the state's dtype, and a time-dependent dynamics receives
+            ``t0 + s * dt`` in the dtype of ``dt``.
         cfg: solver settings.
         first_step: initial step in real time units (e.g. the last accepted step of the previous gap), used by
             adaptive methods instead of the initial-step heuristic; ``None`` for the heuristic.
@@ -337,7 +339,8 @@ def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: Solv
             backward).
     """
     adaptive = cfg.method in ADAPTIVE_METHODS
-    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt, adaptive=adaptive, state_dim=z0.dim())
+    field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0, dt, adaptive=adaptive, state_dim=z0.dim(),
+                   state_dtype=z0.dtype)
     span = None
     s_first = None
     if adaptive:

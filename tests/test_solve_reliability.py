@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import odernn
+from odernn._integrate import solve_gaps
 from odernn._solver import ADAPTIVE_METHODS, FIXED_METHODS
 
 F64 = torch.float64
@@ -64,7 +65,8 @@ class Clock(nn.Module):
 
     def forward(self, t, x):
         self.seen.add(t.dtype)
-        return -(t - self.ref).to(x.dtype) * x
+        age = (t - self.ref).to(x.dtype)
+        return -(age.unsqueeze(1) if age.dim() == 1 else age) * x  # t: 0-d (odesolve) or (batch,) (per-sample gaps)
 
 
 @HYP
@@ -80,6 +82,26 @@ def test_time_dependent_dynamics_see_the_absolute_time_in_full_precision(exponen
     out = odernn.odesolve(dyn, torch.ones(2, 3), t, rtol=1e-7, atol=1e-9)
     assert clock.seen == {F64}
     torch.testing.assert_close(out[:, -1], torch.full((2, 3), math.exp(-span ** 2 / 2)), rtol=1e-5, atol=1e-6)
+
+
+@HYP
+@given(exponent=st.integers(0, 10), gaps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=5))
+def test_per_sample_gaps_in_float64_with_a_float32_state(exponent, gaps):
+    """solve_gaps (the ODE-RNN's per-gap solve) takes float64 start times and gaps with a float32 state: the state
+    stays float32 and each sample moves exactly by its gap; a time-dependent field sees t0 + s * dt in float64."""
+    base = 1.7 * 10.0 ** exponent
+    dt = torch.tensor(gaps, dtype=F64)
+    t0 = base + torch.arange(len(gaps), dtype=F64)
+    z0 = torch.ones(len(gaps), 2)
+    solver = odernn.Solver(rtol=1e-7, atol=1e-9)
+    z1, _ = solve_gaps(odernn.NODE(Scale(-1.0)), z0, t0, dt, solver)
+    assert z1.dtype == torch.float32
+    torch.testing.assert_close(z1, torch.exp(-dt).float().unsqueeze(1).expand(-1, 2), rtol=1e-5, atol=1e-6)
+    clock = Clock(base)
+    z1, _ = solve_gaps(odernn.NODE(clock, time_dependent=True), z0, t0, dt, solver)
+    assert clock.seen == {F64}
+    expected = torch.exp(-((t0 - base + dt) ** 2 - (t0 - base) ** 2) / 2).float().unsqueeze(1).expand(-1, 2)
+    torch.testing.assert_close(z1, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_times_given_as_a_python_list_are_taken_in_double_precision():
