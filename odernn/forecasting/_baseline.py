@@ -1,0 +1,88 @@
+"""A seasonal regression baseline: least-squares trend plus Fourier terms of given periods, per series."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from ._base import BaseForecaster
+from ._params import Check, Interval, Options, validate_params
+from ._preprocess import Deterministic, resolve_periods
+
+__all__ = ["SeasonalRegression"]
+
+
+def _period_spec(v: Any) -> bool:
+    items = list(v) if isinstance(v, (list, tuple)) else [v]
+    return bool(items) and all(isinstance(p, (str, int, float, pd.Timedelta)) and not isinstance(p, bool)
+                               for p in items)
+
+
+class SeasonalRegression(BaseForecaster):
+    r"""Forecast with a least-squares trend plus Fourier terms of given periods, fitted to each series separately:
+
+    .. math::
+        \hat y(t) = \sum_{j=0}^{d} b_j u^j + \sum_{P} \sum_{m=1}^{M} a_{P,m} \sin(2\pi m t / P)
+        + c_{P,m} \cos(2\pi m t / P), \qquad u = (t - t_n) / (t_n - t_1).
+
+    The baseline that :class:`ODERNNForecaster` is measured against (``docs/forecaster.md``); it takes the same
+    input layouts and horizons (see :meth:`ODERNNForecaster.predict`).
+
+    Args:
+        seasonal_period: ``"auto"`` (one year for a DatetimeIndex whose series span at least two years, else
+            none), ``None``, a duration (``"365.2425D"``, ``pd.Timedelta``) for a DatetimeIndex, a number of index
+            units for a numeric index, or a list of them. A period is used for a series only if the series spans it
+            at least twice.
+        fourier_order: harmonics per period.
+        trend_degree: degree of the polynomial trend (1: a line).
+        time_unit: model time unit (default: the median gap); it does not change the fit.
+
+    Attributes:
+        regression_ (list): per series, the fitted coefficients (``coef`` (terms, k)) and design.
+    """
+
+    _parameter_constraints = {
+        "seasonal_period": [Options(("auto",)), Check(_period_spec, "a duration, a number or a list of them"), None],
+        "fourier_order": [Interval(int, 1, None)],
+        "trend_degree": [Interval(int, 0, 3)],
+        "time_unit": [Check(lambda v: isinstance(v, (str, int, float, pd.Timedelta)) and not isinstance(v, bool),
+                            "a duration or a positive number"), None],
+    }
+
+    def __init__(self, seasonal_period: Any = "auto", *, fourier_order: int = 3, trend_degree: int = 1,
+                 time_unit: Any = None) -> None:
+        self.seasonal_period = seasonal_period
+        self.fourier_order = fourier_order
+        self.trend_degree = trend_degree
+        self.time_unit = time_unit
+
+    def fit(self, y: Any, X: Any = None) -> "SeasonalRegression":
+        """Fit every series of ``y`` (a frame or Series indexed by time, a list of them, or a long frame).
+
+        ``X`` is accepted for interface compatibility and must be None."""
+        validate_params(self.get_params(deep=False), self._parameter_constraints, owner=type(self).__name__)
+        if X is not None:
+            raise ValueError("SeasonalRegression uses no covariates; pass X=None")
+        panel, axis = self._read_fit(y, self.time_unit)
+        times = [axis.from_raw(t) for t in panel.times]
+        span = max(float(t[-1] - t[0]) for t in times)
+        periods = resolve_periods(self.seasonal_period, axis, span, "seasonal_period")
+        self.regression_ = [Deterministic(int(self.trend_degree), periods, int(self.fourier_order)).fit(t, v)
+                            for t, v in zip(times, panel.values)]
+        self._end_model_time_ = np.array([t[-1] for t in times])
+        self.series_end_ = [df.index[-1] for df in panel.frames]
+        return self
+
+    def predict(self, fh: Any, X: Any = None, *, relative: Optional[bool] = None, ids: Any = None):
+        """Forecast at ``fh`` (as :meth:`ODERNNForecaster.predict`); ``ids`` selects series of a panel."""
+        self._check_fitted()
+        which = self._positions(ids)
+        future, indexes = self._future(fh, relative, which)
+        frames = [pd.DataFrame(self.regression_[s].predict(f), index=idx, columns=self.columns_)
+                  for s, f, idx in zip(which, future, indexes)]
+        return self._output(frames, which, point=True)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "regression_")

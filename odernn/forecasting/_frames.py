@@ -1,0 +1,386 @@
+"""Input frames and time: what users pass (frames, series, lists, long format) into validated per-series arrays,
+and the time axis that maps stamps to model times and back.
+
+Every layout is turned into a list of ``(id, times, values, index)`` with times in float64 (seconds since the
+origin for a ``DatetimeIndex``, the numbers themselves for a numeric index) through
+:meth:`odernn.data.IrregularSeriesDataset.from_frame`, which validates order, duplicates and dtypes. The
+:class:`TimeAxis` then maps those floats to model time ``(t - origin) / unit`` in float64, before any cast to the
+model's dtype, so epoch-scale stamps keep their gaps.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import numbers
+from dataclasses import dataclass
+from typing import Any, Hashable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..data import IrregularSeriesDataset, TimeEncoder
+
+__all__ = ["Panel", "TimeAxis", "read_panel", "parse_fh", "ID_COL", "TIME_COL"]
+
+ID_COL, TIME_COL = "unique_id", "ds"
+FrameLike = Union[pd.DataFrame, pd.Series]
+
+
+@dataclass
+class Panel:
+    """Validated series of one call: ids, frames (wide, indexed by time, rows with every value NaN dropped), raw
+    float times and values (NaN = not observed)."""
+
+    layout: str  # "series" | "frame" | "list" | "long"
+    ids: list
+    frames: list
+    times: list  # float64 (n_i,): seconds since the origin (datetime) or raw numbers
+    values: list  # float64 (n_i, k)
+    kind: str  # "datetime" | "numeric"
+    columns: list
+    name: Any = None  # a Series' name
+
+    def where(self, i: int) -> str:
+        if self.layout == "long":
+            return f"series {self.ids[i]!r}"
+        return f"y[{i}]" if self.layout == "list" else "y"
+
+
+def _index_kind(index: pd.Index, where: str) -> str:
+    if isinstance(index, pd.DatetimeIndex):
+        return "datetime"
+    if pd.api.types.is_numeric_dtype(index.dtype) and not pd.api.types.is_bool_dtype(index.dtype):
+        return "numeric"
+    raise TypeError(f"{where}: the index must be a DatetimeIndex or numeric times, got {type(index).__name__} of "
+                    f"dtype {index.dtype}; set it with y.set_index(pd.to_datetime(y[<time column>]))")
+
+
+def is_long(y: Any) -> bool:
+    """A long-format frame: ``unique_id`` and ``ds`` columns (neuralforecast's convention)."""
+    return isinstance(y, pd.DataFrame) and ID_COL in y.columns and TIME_COL in y.columns
+
+
+def _split_long(y: pd.DataFrame, what: str) -> tuple[list, list]:
+    if y[ID_COL].isna().any():
+        raise ValueError(f"{what}: column {ID_COL!r} has missing ids; every row needs a series id")
+    if y[TIME_COL].isna().any():
+        raise ValueError(f"{what}: column {TIME_COL!r} has missing stamps; drop those rows first")
+    values = [c for c in y.columns if c not in (ID_COL, TIME_COL)]
+    if not values:
+        raise ValueError(f"{what}: a long frame needs value columns besides {ID_COL!r} and {TIME_COL!r} (e.g. 'y')")
+    ids, frames = [], []
+    for sid, part in y.groupby(ID_COL, sort=False):
+        ids.append(sid.item() if isinstance(sid, np.generic) else sid)
+        frames.append(part.set_index(TIME_COL)[values].rename_axis(None))
+    return ids, frames
+
+
+def as_frames(y: Any, what: str = "y") -> tuple[list, list, str, Any]:
+    """``y`` in any accepted layout -> (ids, frames, layout, series name)."""
+    if isinstance(y, pd.Series):
+        return [0], [y.to_frame(name=y.name if y.name is not None else 0)], "series", y.name
+    if is_long(y):
+        if len(y) == 0:
+            raise ValueError(f"{what} is an empty long frame; pass rows of ({ID_COL}, {TIME_COL}, values)")
+        ids, frames = _split_long(y, what)
+        return ids, frames, "long", None
+    if isinstance(y, pd.DataFrame):
+        return [0], [y], "frame", None
+    if isinstance(y, (list, tuple)):
+        if len(y) == 0:
+            raise ValueError(f"{what} is an empty list; pass at least one DataFrame or Series")
+        frames = []
+        for i, item in enumerate(y):
+            if isinstance(item, pd.Series):
+                frames.append(item.to_frame(name=item.name if item.name is not None else 0))
+            elif isinstance(item, pd.DataFrame):
+                frames.append(item)
+            else:
+                raise TypeError(f"{what}[{i}] must be a pandas DataFrame or Series, got {type(item).__name__}")
+        return list(range(len(frames))), frames, "list", None
+    raise TypeError(f"{what} must be a pandas DataFrame or Series indexed by time, a list of them, or a long frame "
+                    f"with columns {ID_COL!r}, {TIME_COL!r} and value columns; got {type(y).__name__}")
+
+
+def read_panel(y: Any, *, columns: Optional[list] = None, origin: Any = None, what: str = "y",
+               allow_empty_columns: bool = False) -> Panel:
+    """Validate ``y`` (any layout) into a :class:`Panel`.
+
+    Args:
+        y: a DataFrame/Series indexed by time, a list of them, or a long frame.
+        columns: the expected columns (as fitted), or None to take them from ``y``.
+        origin: the datetime origin (as fitted), or None for the earliest stamp of ``y``.
+        what: the argument's name in messages.
+        allow_empty_columns: accept a column with no observed value (covariates in ``predict``).
+    """
+    ids, frames, layout, name = as_frames(y, what)
+    kinds = set()
+    for i, df in enumerate(frames):
+        where = (f"{what}[{i}]" if layout == "list" else f"{what} series {ids[i]!r}" if layout == "long" else what)
+        if df.shape[1] == 0:
+            raise ValueError(f"{where} has no columns; pass one column per variable")
+        if df.shape[0] == 0:
+            raise ValueError(f"{where} is empty (no rows); pass observations indexed by time")
+        if df.columns.has_duplicates:
+            raise ValueError(f"{where} has duplicate column names {list(df.columns[df.columns.duplicated()])}")
+        cols = list(df.columns)
+        if columns is None:
+            columns = cols
+        elif cols != list(columns):
+            raise ValueError(f"{where} has columns {cols} but the forecaster expects {list(columns)} (same variables "
+                             f"in the same order)")
+        kinds.add(_index_kind(df.index, where))
+    if len(kinds) > 1:
+        raise TypeError(f"the series of {what} mix DatetimeIndex and numeric indexes; use one kind of time for all")
+    kind = kinds.pop()
+    if kind == "datetime":
+        tzs = {str(df.index.tz) for df in frames}
+        if len(tzs) > 1:
+            raise ValueError(f"the series of {what} have different time zones {sorted(tzs)}; convert them to one")
+        if origin is None:
+            origin = min(df.index.min() for df in frames)
+    times, values, kept = [], [], []
+    for i, df in enumerate(frames):
+        where = (f"{what}[{i}]" if layout == "list" else f"{what} series {ids[i]!r}" if layout == "long" else what)
+        t, v, idx = _frame_arrays(df, kind, origin, where, allow_empty_columns)
+        times.append(t)
+        values.append(v)
+        kept.append(df.loc[idx])
+    return Panel(layout, ids, kept, times, values, kind, list(columns), name)
+
+
+def _frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
+                  allow_empty: bool) -> tuple[np.ndarray, np.ndarray, pd.Index]:
+    """Validated (times as float64: seconds since ``origin`` for datetimes, else the numbers; values with NaN; kept
+    index labels). Rows with every value NaN are dropped."""
+    keep = ~df.isna().all(axis=1).to_numpy()
+    if allow_empty and not keep.any():
+        if kind == "datetime":
+            t = TimeEncoder("s", origin=origin).fit([]).to_float(df.index)
+        else:
+            t = np.asarray(df.index, dtype=np.float64)
+        return t[:0], np.zeros((0, df.shape[1])), df.index[:0]
+    try:
+        ds = IrregularSeriesDataset.from_frame(df, time_unit="s" if kind == "datetime" else None,
+                                               origin=origin if kind == "datetime" else None, dtype=torch.float64)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: {e}") from e
+    t, v = ds.series_arrays(0)
+    return t, v, df.index[keep]
+
+
+def _as_timedelta(unit: Any) -> pd.Timedelta:
+    """A positive duration from a Timedelta-like or a unit string (``"D"``, ``"7D"``, ``"h"``)."""
+    try:
+        if isinstance(unit, str) and not any(ch.isdigit() for ch in unit):
+            step = pd.Timedelta(1, unit=unit)
+        elif isinstance(unit, (str, pd.Timedelta, _dt.timedelta, np.timedelta64)):
+            step = pd.Timedelta(unit)
+        else:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"with a DatetimeIndex, time_unit must be None, a pd.Timedelta or a duration string such "
+                         f"as 'D' or '7D', got {unit!r}") from None
+    if not step > pd.Timedelta(0):
+        raise ValueError(f"time_unit must be a positive duration, got {step}")
+    return step
+
+
+class TimeAxis:
+    """Model time of a fitted forecaster: ``(stamp - origin) / unit``, in float64.
+
+    Args:
+        kind: ``"datetime"`` or ``"numeric"``.
+        unit: ``pd.Timedelta`` (datetime) or a positive float (numeric): one model time unit.
+        origin: ``pd.Timestamp`` (datetime) or a float (numeric): stamp mapped to 0.
+    """
+
+    def __init__(self, kind: str, unit: Any, origin: Any) -> None:
+        self.kind, self.unit, self.origin = kind, unit, origin
+        self._encoder = TimeEncoder(unit, origin=origin).fit([]) if kind == "datetime" else None
+
+    @classmethod
+    def from_panel(cls, panel: Panel, time_unit: Any) -> "TimeAxis":
+        """Unit: ``time_unit`` or the median gap between stamps (rounded to the second for datetimes)."""
+        gaps = np.concatenate([np.diff(t) for t in panel.times])
+        if gaps.size == 0:
+            raise ValueError("every series has a single observed stamp; need at least 3 observations in a series "
+                             "to learn from")
+        median_gap = float(np.median(gaps))
+        if panel.kind == "datetime":
+            if time_unit is None:
+                unit = pd.Timedelta(int(round(median_gap * 1e9)), unit="ns")
+                if unit >= pd.Timedelta(minutes=1):
+                    unit = unit.round("s")
+            else:
+                unit = _as_timedelta(time_unit)
+            origin = pd.Timestamp(min(df.index[0] for df in panel.frames))
+            return cls("datetime", unit, origin)
+        if time_unit is None:
+            unit = median_gap
+        elif isinstance(time_unit, numbers.Real) and not isinstance(time_unit, bool) and time_unit > 0:
+            unit = float(time_unit)
+        else:
+            raise ValueError(f"with a numeric index, time_unit must be None or a positive number, got {time_unit!r}")
+        return cls("numeric", unit, float(min(t[0] for t in panel.times)))
+
+    @property
+    def unit_seconds(self) -> float:
+        return self.unit.value / 1e9
+
+    def from_raw(self, t: np.ndarray) -> np.ndarray:
+        """Float times of :func:`read_panel` (seconds since origin, or raw numbers) to model time."""
+        if self.kind == "datetime":
+            return t / self.unit_seconds
+        return (t - self.origin) / self.unit
+
+    def from_index(self, index: Any) -> np.ndarray:
+        """Stamps (DatetimeIndex or numbers) to model time."""
+        if self.kind == "datetime":
+            return self._encoder.to_float(index)
+        return (np.asarray(index, dtype=np.float64) - self.origin) / self.unit
+
+    def offset_index(self, end: Any, offsets: np.ndarray) -> pd.Index:
+        """Stamps ``end + offsets`` (offsets in model units)."""
+        if self.kind == "datetime":
+            ns = np.round(offsets * float(self.unit.value)).astype(np.int64)
+            return pd.DatetimeIndex(end + pd.to_timedelta(ns, unit="ns"))
+        return pd.Index(float(end) + offsets * self.unit)
+
+    def duration(self, d: Any, what: str) -> float:
+        """A duration (``pd.Timedelta``/string for datetimes, or a number of index units) in model units."""
+        if self.kind == "datetime":
+            if isinstance(d, numbers.Real) and not isinstance(d, bool):
+                raise TypeError(f"{what} must be a duration such as pd.Timedelta(days=365) or '365D' for a "
+                                f"DatetimeIndex, got the number {d!r}")
+            try:
+                td = pd.Timedelta(d)
+            except (TypeError, ValueError):
+                raise ValueError(f"{what} must be a duration such as pd.Timedelta(days=365) or '365D', got "
+                                 f"{d!r}") from None
+            return td.value / float(self.unit.value)
+        if isinstance(d, bool) or not isinstance(d, numbers.Real):
+            raise TypeError(f"{what} must be a number (in the index's units) for a numeric index, got {d!r}")
+        return float(d) / self.unit
+
+
+def _classify_fh(fh: Any) -> tuple[str, Any]:
+    """('datetime', DatetimeIndex) | ('timedelta', TimedeltaIndex) | ('numeric', float64 array)."""
+    if isinstance(fh, (str, bytes)):
+        raise TypeError(f"fh must be timestamps or offsets, got the string {fh!r}; convert it with pd.to_datetime")
+    if isinstance(fh, (numbers.Number, pd.Timestamp, pd.Timedelta, _dt.datetime, _dt.timedelta, np.datetime64,
+                       np.timedelta64, _dt.date)):
+        fh = [fh]
+    if isinstance(fh, pd.Series):
+        fh = fh.to_numpy()
+    if isinstance(fh, range):
+        fh = list(fh)
+    if isinstance(fh, Tensor):
+        fh = fh.detach().cpu().numpy()
+    if not isinstance(fh, (list, tuple, np.ndarray, pd.Index)):
+        raise TypeError(f"fh must be a list, array or pandas Index of future timestamps or offsets, got "
+                        f"{type(fh).__name__}")
+    if isinstance(fh, np.ndarray) and fh.ndim != 1:
+        raise ValueError(f"fh must be one-dimensional, got an array of shape {fh.shape}")
+    if len(fh) == 0:
+        raise ValueError("fh is empty; pass at least one future timestamp or offset")
+    inferred = pd.api.types.infer_dtype(fh, skipna=False)
+    if inferred in ("datetime64", "datetime", "date"):
+        idx = pd.DatetimeIndex(fh)
+        if idx.isna().any():
+            raise ValueError("fh contains NaT; every forecast stamp must be a valid timestamp")
+        return "datetime", idx
+    if inferred in ("timedelta64", "timedelta"):
+        idx = pd.TimedeltaIndex(fh)
+        if idx.isna().any():
+            raise ValueError("fh contains NaT; every offset must be a valid duration")
+        return "timedelta", idx
+    if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
+        arr = np.asarray(fh, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("fh contains NaN or inf; every forecast stamp must be finite")
+        return "numeric", arr
+    if inferred == "boolean":
+        raise TypeError("fh holds booleans; pass future timestamps or positive offsets")
+    values = list(fh)
+    has_time = any(isinstance(v, (pd.Timestamp, _dt.datetime, _dt.date, np.datetime64, pd.Timedelta,
+                                  _dt.timedelta, np.timedelta64)) for v in values)
+    has_num = any(isinstance(v, numbers.Number) and not isinstance(v, bool) for v in values)
+    if has_time and has_num:
+        raise TypeError("fh mixes datetimes/durations and numbers; pass either future timestamps (or durations) "
+                        "or numeric offsets, not both")
+    kinds = sorted({type(v).__name__ for v in values})
+    raise TypeError(f"fh must hold timestamps, durations or numbers, got elements of type(s) {kinds} "
+                    f"(inferred {inferred!r})")
+
+
+def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray,
+             series_end: Sequence[Any]) -> tuple[np.ndarray, list]:
+    """Model times ``(n_series, F)`` of the requested stamps and each series' output index.
+
+    Args:
+        fh: timestamps, durations or numbers (see the forecaster's ``predict``).
+        relative: None (infer), True (offsets) or False (absolute stamps).
+        axis: the fitted time axis.
+        ends: (n_series,) model time of every series' last observation.
+        series_end: every series' last stamp (labels), for messages and offset indexes.
+    """
+    if relative not in (None, True, False):
+        raise TypeError(f"relative must be None, True or False, got {relative!r}")
+    kind, vals = _classify_fh(fh)
+    n = len(ends)
+    if kind == "datetime":
+        if axis.kind != "datetime":
+            raise TypeError("fh holds timestamps but the forecaster was fitted on a numeric index; pass numeric "
+                            "times (or relative=True offsets)")
+        if relative:
+            raise ValueError("relative=True needs offsets (durations or numbers), but fh holds timestamps")
+        if (vals.tz is None) != (axis.origin.tz is None):
+            raise ValueError(f"fh is {'naive' if vals.tz is None else 'timezone-aware'} but the training index "
+                             f"is not; use the training index's time zone")
+        if vals.has_duplicates:
+            raise ValueError(f"fh has duplicate stamps: {list(vals[vals.duplicated()][:5].astype(str))}")
+        future = np.tile(axis.from_index(vals), (n, 1))
+        indexes = [vals] * n
+        absolute = True
+    elif kind == "timedelta":
+        if axis.kind != "datetime":
+            raise TypeError("fh holds durations but the forecaster was fitted on a numeric index; pass numeric "
+                            "offsets with relative=True")
+        if relative is False:
+            raise ValueError("relative=False needs timestamps, but fh holds durations")
+        offsets = vals.as_unit("ns").asi8.astype(np.float64) / float(axis.unit.value)
+        absolute = False
+    elif axis.kind == "datetime":
+        if relative is False:
+            raise TypeError("fh holds numbers, but the forecaster was fitted on a DatetimeIndex: pass timestamps, "
+                            "or numeric offsets (multiples of time_unit_) with relative=None/True")
+        offsets, absolute = vals / 1.0, False
+    elif relative:
+        offsets, absolute = vals / axis.unit, False
+    else:
+        if len(np.unique(vals)) != len(vals):
+            raise ValueError("fh has duplicate times")
+        future = np.tile(axis.from_index(vals), (n, 1))
+        indexes = [pd.Index(vals)] * n
+        absolute = True
+    if absolute:
+        past = future <= ends[:, None] + 1e-9
+        if past.any():
+            s = int(past.any(axis=1).nonzero()[0][0])
+            bad = indexes[s][past[s]]
+            raise ValueError(f"fh has {int(past[s].sum())} stamp(s) at or before the end of the training series "
+                             f"({series_end[s]}), first {bad[0]}; forecasts must lie after the last observation "
+                             f"(or pass positive offsets)")
+    else:
+        if not (offsets > 0).all():
+            bad = offsets[offsets <= 0]
+            raise ValueError(f"fh offsets must be positive (after the end of the series), got {int(bad.size)} "
+                             f"non-positive offset(s)")
+        if len(np.unique(offsets)) != len(offsets):
+            raise ValueError("fh has duplicate offsets")
+        future = ends[:, None] + offsets[None, :]
+        indexes = [axis.offset_index(series_end[s], offsets) for s in range(n)]
+    return future, indexes
