@@ -100,9 +100,9 @@ def _read(path: Path, trusted: bool) -> dict:
     return ckpt
 
 
-def load_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                    generator: Optional[torch.Generator] = None, restore_rng: bool = True,
-                    trusted: bool = False) -> dict:
+def load_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module,
+                    optimizer: Optional[torch.optim.Optimizer] = None, generator: Optional[torch.Generator] = None,
+                    restore_rng: bool = True, trusted: bool = False) -> dict:
     """Load what :func:`save_checkpoint` wrote into ``model`` / ``optimizer`` / ``generator`` and restore the random
     states, without executing code from the file.
 

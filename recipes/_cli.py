@@ -147,7 +147,8 @@ def base_parser(description: str, *, models: Sequence[str], defaults: Optional[M
                    help="clip the per-sample l2 norm of the adjoint state at every observation (paper Sec. 4)")
     p.add_argument("--seed", type=int, default=d["seed"], help="random seed (model init, shuffling)")
     p.add_argument("--device", default=d["device"], help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", type=folder_path, default=d["out"], help="output folder DIR; each model writes DIR/<model>/")
+    p.add_argument("--out", type=folder_path, default=d["out"],
+                   help="output folder DIR; each model writes DIR/<model>/")
     p.add_argument("--checkpoint-dir", type=folder_path, default=d["checkpoint_dir"],
                    help="keep checkpoints in CKPT/<model>/checkpoint.pt instead of DIR/<model>/ (e.g. outside a "
                         "folder that is committed)")

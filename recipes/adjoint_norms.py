@@ -155,7 +155,7 @@ def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *,
         if not torch.allclose(ref, mine, rtol=1e-5, atol=1e-6):
             raise RuntimeError("recipes.walker2d.StepPredictor no longer feeds its ODE-RNN the inputs that "
                                "core_inputs() reproduces; update core_inputs()")
-        x, t, t0, y = x.to(dtype), t.to(dtype), t0.to(dtype), batch["y"].to(dtype)
+        x, t, t0, y = x.to(dtype), t.to(dtype), t0.to(dtype), batch["x_next"].to(dtype)
         before = adjoint_norms(core, x, t, y, t0=t0, reduction="none")  # (B, T): dL/dz_i^-
         probe.probes.clear()
         out = probed(x, t, t_start=t0)

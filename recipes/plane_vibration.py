@@ -12,9 +12,9 @@ standardised with training statistics). Each segment is fed through the ODE-RNN;
 ODE alone to the 8 consecutive raw stamps starting at the segment's last stamp (``model.encode`` then
 ``model.extrapolate``).
 
-Loss (the paper's): ``MSE(forecast, y_future) + 0.1 * MSE(outputs, y)``, the second term an L2 penalty between the
-RNN output after each observation and the next stamp's values. Reported valid/test metric: the forecast MSE on the
-8 future stamps (``valid_loss``, ``test_loss``); the penalty is logged as ``*_penalty``.
+Loss (the paper's): ``MSE(forecast, x_future) + 0.1 * MSE(outputs, x_next)``, the second term an L2 penalty
+between the RNN output after each observation and the next stamp's values. Reported valid/test metric: the forecast
+MSE on the 8 future stamps (``valid_loss``, ``test_loss``); the penalty is logged as ``*_penalty``.
 
 Architecture (Appendix E.4, Table 4; ``d`` state copies, ``n`` hidden channels, ``k = 5``):
 
@@ -189,15 +189,15 @@ def describe(name: str, args: argparse.Namespace) -> dict:
 def train_loss(model: nn.Module, batch: dict) -> dict:
     """Forecast MSE on the 8 future stamps + 0.1 x MSE between the outputs and the next stamps."""
     outputs, forecast = model(batch)
-    fc = F.mse_loss(forecast, batch["y_future"])
-    pen = F.mse_loss(outputs, batch["y"])
+    fc = F.mse_loss(forecast, batch["x_future"])
+    pen = F.mse_loss(outputs, batch["x_next"])
     return {"loss": fc + PENALTY * pen, "forecast": fc.detach(), "penalty": pen.detach()}
 
 
 def eval_loss(model: nn.Module, batch: dict) -> dict:
     """Forecast MSE on the 8 future stamps (the reported metric), and the next-stamp penalty."""
     outputs, forecast = model(batch)
-    return {"loss": F.mse_loss(forecast, batch["y_future"]), "penalty": F.mse_loss(outputs, batch["y"])}
+    return {"loss": F.mse_loss(forecast, batch["x_future"]), "penalty": F.mse_loss(outputs, batch["x_next"])}
 
 
 PENALTY = 0.1

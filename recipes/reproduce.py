@@ -120,7 +120,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also run the Neural CDE baseline on plane vibration")
     p.add_argument("--ncde-epochs", type=positive_int, default=500, help="Neural CDE epochs")
     p.add_argument("--ncde-tol", type=positive_float, default=1e-7, help="Neural CDE rtol = atol")
-    p.add_argument("--second-seed", action="store_true", help="also HBNODE-RNN and ODE-RNN with seed 1 (plane vibration)")
+    p.add_argument("--second-seed", action="store_true",
+                   help="also HBNODE-RNN and ODE-RNN with seed 1 (plane vibration)")
     p.add_argument("--jobs", type=positive_int, default=2, help="runs side by side")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run")
     p.add_argument("--out", type=folder_path, default="benchmarks/reproduction", help="small text files")

@@ -7,11 +7,11 @@ HBNODE than for NODE, and GHBNODE keeps it bounded.
 
 Setting (Appendix E.1 and the reference implementation of the figure):
 
-* data: ``odernn.data.silverbox(center=True, scale=100.0)``: both voltages centred and multiplied by 100; time is
-  the **sample index** (sample ``i`` at ``t = i``), so t in [0, 64) covers the first 64 samples. ``V1`` is
-  interpolated between samples with torchcde (linear by default, the reference code's choice; the solver is told
-  about the kinks at the samples through torchdiffeq's ``jump_t``; ``--interpolation cubic`` uses a natural cubic
-  spline instead);
+* data: ``odernn.data.silverbox(normalize=Normalization(center=True, scale=100.0))``: both voltages centred and
+  multiplied by 100; time is the **sample index** (sample ``i`` at ``t = i``), so t in [0, 64) covers the first
+  64 samples. ``V1`` is interpolated between samples with torchcde (linear by default, the reference code's
+  choice; the solver is told about the kinks at the samples through torchdiffeq's ``jump_t``; ``--interpolation
+  cubic`` uses a natural cubic spline instead);
 * the vector field ``f`` is one dense layer on ``[state seen by f, V1(t)]`` (input ``n* + 1``, output ``n``; no
   cubic term);
 * initial position ``h(0) = V2(0)`` (the measured output at t = 0); ANODE appends one zero dimension (n = 2);
@@ -159,14 +159,14 @@ def run(out_dir: Optional[str | Path], *, models: tuple[str, ...] = MODELS, init
         ``{"t": (T,), "mean": {model: (T,)}, "per_init": {model: (inits, T)}, "summary": {model: {...}},
         "exact": (T,) |V2(t)| at the samples (NaN between samples)}``.
     """
-    from odernn.data import silverbox
+    from odernn.data import Normalization, silverbox
 
     if inits < 1:
         raise ValueError(f"inits must be >= 1, got {inits}")
     if not 0 < t1 <= 100_000:
         raise ValueError(f"t1 must be in (0, 100000], got {t1}")
     device = torch.device(device)
-    ds = silverbox(root, center=True, scale=100.0, time_unit="sample")
+    ds = silverbox(root, normalize=Normalization(center=True, scale=100.0), time_unit="sample")
     n_samples = int(math.ceil(t1)) + 1
     v1 = torch.as_tensor(ds.v1[:n_samples], dtype=torch.float64, device=device)
     v2 = torch.as_tensor(ds.v2[:n_samples], dtype=torch.float64)
@@ -228,7 +228,7 @@ def run(out_dir: Optional[str | Path], *, models: tuple[str, ...] = MODELS, init
             config = {"recipe": "silverbox_init", "model": name, "inits": inits, "seed": seed, "t1": t1,
                       "points_per_unit": points_per_unit, "interpolation": interpolation, "rtol": rtol,
                       "atol": atol, "device": str(device), "state_size_n": SIZES[name], "time_unit": "sample",
-                      "data": "silverbox(center=True, scale=100.0)", "h0": "V2(0)"}
+                      "data": "silverbox(normalize=Normalization(center=True, scale=100.0))", "h0": "V2(0)"}
             write_summary(folder, model=name, num_params=num_params,
                                   final={k2: v for k2, v in s.items() if k2 not in ("model", "num_params")},
                                   config=config)

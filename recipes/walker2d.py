@@ -164,7 +164,7 @@ def describe(name: str, args: argparse.Namespace) -> dict:
 
 def step_mse(model: nn.Module, batch: dict) -> Tensor:
     """Per-time-step mean squared error against the next raw step."""
-    return F.mse_loss(model(batch), batch["y"])
+    return F.mse_loss(model(batch), batch["x_next"])
 
 
 def datasets(args: argparse.Namespace) -> dict:

@@ -93,10 +93,9 @@ def test_reproduce_schedules_runs_writes_logs_and_reports(tmp_path, monkeypatch)
     out, ckpt = tmp_path / "b", tmp_path / "r"
 
     def cheap(args):
-        return [reproduce.Run("point_cloud", m, ("--model", m, "--runs", "1", "--epochs", "1", "--rtol", "1e-3",
-                                                  "--atol", "1e-4", "--device", "cpu", "--out", str(out / "point_cloud"),
-                                                  "--checkpoint-dir", str(ckpt / "point_cloud"), "--resume"))
-                for m in ("hbnode", "node")]
+        common = ("--runs", "1", "--epochs", "1", "--rtol", "1e-3", "--atol", "1e-4", "--device", "cpu",
+                  "--out", str(out / "point_cloud"), "--checkpoint-dir", str(ckpt / "point_cloud"), "--resume")
+        return [reproduce.Run("point_cloud", m, ("--model", m, *common)) for m in ("hbnode", "node")]
 
     monkeypatch.setattr(reproduce, "protocol", cheap)
     monkeypatch.chdir(REPO)
