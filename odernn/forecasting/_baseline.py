@@ -69,10 +69,44 @@ class SeasonalRegression(BaseForecaster):
         times = [axis.from_raw(t) for t in panel.times]
         span = max(float(t[-1] - t[0]) for t in times)
         periods = resolve_periods(self.seasonal_period, axis, span, "seasonal_period")
-        self.regression_ = [Deterministic(int(self.trend_degree), periods, int(self.fourier_order)).fit(t, v)
-                            for t, v in zip(times, panel.values)]
+        self._periods_ = periods
+        self._history_ = [(t, v) for t, v in zip(times, panel.values)]
+        self.regression_ = [self._fit_one(t, v) for t, v in self._history_]
         self._end_model_time_ = np.array([t[-1] for t in times])
         self.series_end_ = [df.index[-1] for df in panel.frames]
+        return self
+
+    def _fit_one(self, t: np.ndarray, v: np.ndarray) -> Deterministic:
+        return Deterministic(int(self.trend_degree), self._periods_, int(self.fourier_order)).fit(t, v)
+
+    def update(self, y: Any, X: Any = None) -> "SeasonalRegression":
+        """Append later observations to every series in ``y`` and refit their regressions (a long frame may add
+        new series). The periods stay as fitted."""
+        self._check_fitted()
+        if X is not None:
+            raise ValueError("SeasonalRegression uses no covariates; pass X=None")
+        panel = self._read_like_fit(y)
+        lookup = {sid: k for k, sid in enumerate(self.series_ids_)}
+        if self.layout_ != "long" and len(panel.ids) != len(self.series_ids_):
+            raise ValueError(f"update got {len(panel.ids)} series but the forecaster has {len(self.series_ids_)}")
+        hist, ends = list(self._history_), list(self.series_end_)
+        for sid, t_raw, v, df in zip(panel.ids, panel.times, panel.values, panel.frames):
+            t = self._axis_.from_raw(t_raw)
+            s = lookup.get(sid)
+            if s is None:
+                lookup[sid] = len(hist)
+                hist.append((t, v))
+                ends.append(df.index[-1])
+                self.series_ids_.append(sid)
+                continue
+            if t[0] <= hist[s][0][-1] + 1e-9:
+                raise ValueError(f"update: series {sid!r} has new rows from {df.index[0]}, at or before its last "
+                                 f"stamp {ends[s]}; update appends later observations")
+            hist[s] = (np.concatenate([hist[s][0], t]), np.concatenate([hist[s][1], v]))
+            ends[s] = df.index[-1]
+        self._history_, self.series_end_ = hist, ends
+        self.regression_ = [self._fit_one(t, v) for t, v in hist]
+        self._end_model_time_ = np.array([t[-1] for t, _ in hist])
         return self
 
     def predict(self, fh: Any, X: Any = None, *, relative: Optional[bool] = None, ids: Any = None):

@@ -601,7 +601,7 @@ class ODERNNForecaster(BaseForecaster):
             order = np.argsort(future[j], kind="stable")
             ft = future[j][order]
             if xs is None:
-                fut = (ft, np.zeros((len(ft), 0)), np.ones(len(ft), dtype=bool))
+                fut = (ft, np.full((len(ft), len(self.covariate_columns_)), np.nan), np.ones(len(ft), dtype=bool))
             else:
                 fut = self._covariate_rows(ft, h["t"][-1], *xs[j])
             z = self._residual_forecast(s, [ctx], [fut])[0]
@@ -633,10 +633,13 @@ class ODERNNForecaster(BaseForecaster):
             tm = self._axis_.from_raw(t)
             full = np.full((len(tm), len(self.covariate_columns_)), np.nan)
             full[:, kn] = v
-            pos = np.searchsorted(tm, future[j])
-            found = np.zeros(len(future[j]), dtype=bool)
-            inside = pos < len(tm)
-            found[inside] = np.abs(tm[pos[inside]] - future[j][inside]) <= 1e-9 * max(1.0, abs(future[j]).max())
+            pos = np.clip(np.searchsorted(tm, future[j]), 1, max(len(tm) - 1, 1))
+            if len(tm) > 1:  # the nearer of the two neighbours
+                pos = np.where(np.abs(tm[pos - 1] - future[j]) <= np.abs(tm[pos] - future[j]), pos - 1, pos)
+            else:
+                pos = np.zeros(len(future[j]), dtype=int)
+            tol = 1e-9 * max(1.0, float(np.abs(future[j]).max()))
+            found = (np.abs(tm[pos] - future[j]) <= tol) if len(tm) else np.zeros(len(future[j]), dtype=bool)
             found[found] &= ~np.isnan(v[pos[found]]).any(axis=1)
             if not found.all():
                 missing = indexes[j][~found]
