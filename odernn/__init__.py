@@ -11,7 +11,8 @@ from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics, make_dyna
 from ._integrate import ODEBlock, SolverError, odesolve
 from ._solver import Solver, SolverConfig
 from ._nfe import NFECount, nfe_counter
-from ._odernn import MLP, ODERNN
+from ._fused import compile_log
+from ._odernn import MLP, ODERNN, Encoding
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,7 @@ __all__ = [
     "ANODE", "GHBNODE", "HBNODE", "NODE", "SONODE", "Dynamics", "make_dynamics",
     "ODEBlock", "Solver", "SolverConfig", "SolverError", "odesolve",
     "NFECount", "nfe_counter", "clip_adjoint",
-    "MLP", "ODERNN",
+    "MLP", "ODERNN", "Encoding", "compile_log",
     "ODERNNForecaster",
 ]
 

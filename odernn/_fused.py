@@ -166,6 +166,9 @@ class _Solve:
         scale = [torch.abs(y) * rtol + atol for y in y0[:n]]
         d0 = self._ratio([y / s for y, s in zip(y0[:n], scale)]).abs()
         d1 = self._ratio([f / s for f, s in zip(f0[:n], scale)]).abs()
+        if not bool(torch.isfinite(d0 + d1)):
+            raise SolverError(f"the {self.phase} solve started from a non-finite (NaN or inf) state or derivative: "
+                              f"the dynamics returned NaN/inf or the state had already blown up")
         if d0 < 1e-5 or d1 < 1e-5:
             h0 = torch.tensor(1e-6, dtype=y0[0].dtype, device=y0[0].device)
         else:

@@ -1,0 +1,206 @@
+"""The fused ODE-RNN loop (odernn._fused) against the per-gap reference path, finite differences and bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import odernn
+
+B, T, K, H, O = 3, 5, 2, 3, 2
+NAMES = ["node", "anode", "sonode", "hbnode", "ghbnode"]
+
+
+def _data(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, K, generator=g, dtype=dtype)
+    t = torch.cumsum(0.2 + torch.rand(B, T, generator=g, dtype=dtype), dim=1)
+    mask = torch.rand(B, T, K, generator=g) > 0.3
+    mask[:, 0] = True
+    return x, t, mask
+
+
+def _model(name, *, fused=True, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("rtol", 1e-8)
+    kw.setdefault("atol", 1e-9)
+    m = odernn.ODERNN(name, K, H, O, **kw).double()
+    m.solver = m.solver.replace(fused=fused)
+    return m
+
+
+def _run(m, x, t, mask=None, t_start=None, tf=None):
+    with odernn.nfe_counter(m) as nfe:
+        enc = m.encode(x, t, mask, t_start)
+        out = enc.outputs
+        loss = out.pow(2).sum() + enc.priors.sum()
+        if tf is not None:
+            loss = loss + m.extrapolate(enc, tf).pow(2).sum()
+        loss.backward()
+    return out.detach(), [p.grad.clone() for p in m.parameters()], (nfe.forward, nfe.backward)
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+@pytest.mark.parametrize("name", NAMES)
+def test_same_steps_nfe_results_and_gradients_as_per_gap(name, adjoint):
+    """dopri5, masks, a start time, clipping and a forecast: the fused loop reproduces the per-gap path."""
+    x, t, mask = _data()
+    tf = t[:, -1:] + torch.tensor([[0.4, 1.1]], dtype=t.dtype)
+    t_start = t[:, 0] - 0.3
+    kw = dict(adjoint=adjoint, adjoint_clip=0.3)
+    fo, fg, fn = _run(_model(name, **kw), x, t, mask, t_start, tf)
+    ro, rg, rn = _run(_model(name, fused=False, **kw), x, t, mask, t_start, tf)
+    assert fn == rn  # forward and backward NFE: the same accepted and rejected steps
+    torch.testing.assert_close(fo, ro, rtol=1e-13, atol=1e-13)
+    for a, b in zip(fg, rg):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("method,fraction", [("rk4", 0.3), ("midpoint", 0.25), ("euler", 0.5)])
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_fixed_grid_methods_match_per_gap(method, fraction, adjoint):
+    x, t, mask = _data(1)
+    kw = dict(method=method, step_size=fraction, adjoint=adjoint)
+    fo, fg, fn = _run(_model("ghbnode", **kw), x, t, mask)
+    ro, rg, rn = _run(_model("ghbnode", fused=False, **kw), x, t, mask)
+    assert fn == rn
+    torch.testing.assert_close(fo, ro, rtol=1e-12, atol=1e-12)
+    for a, b in zip(fg, rg):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_adjoint_equals_direct_and_finite_differences():
+    x, t, mask = _data(2)
+    ma, md = _model("hbnode", adjoint=True, rtol=1e-11, atol=1e-12), _model("hbnode", adjoint=False,
+                                                                            rtol=1e-11, atol=1e-12)
+    _, ga, _ = _run(ma, x, t, mask)
+    _, gd, _ = _run(md, x, t, mask)
+    for a, b in zip(ga, gd):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    # central differences on every parameter of the field's first layer
+    p = ma.dynamics.net[0].weight
+    g = ma.dynamics.net[0].weight.grad.clone()
+    eps = 1e-6
+    fd = torch.zeros_like(p)
+    for idx in [(0, 0), (1, 2), (3, 1)]:
+        with torch.no_grad():
+            p[idx] += eps
+            up = ma.encode(x, t, mask)
+            up = up.outputs.pow(2).sum() + up.priors.sum()
+            p[idx] -= 2 * eps
+            dn = ma.encode(x, t, mask)
+            dn = dn.outputs.pow(2).sum() + dn.priors.sum()
+            p[idx] += eps
+        fd[idx] = (up - dn) / (2 * eps)
+        assert float(fd[idx]) == pytest.approx(float(g[idx]), rel=1e-5, abs=1e-8)
+
+
+def test_gradcheck_inputs_through_the_sequence_adjoint():
+    x, t, mask = _data(3)
+    m = _model("ghbnode", rtol=1e-12, atol=1e-12)
+    m.initial_state = nn.Sequential(nn.Flatten(), nn.Linear(T * K, m.state_size)).double()
+
+    def f(xx):
+        return m(xx, t, mask)[:, -1]
+
+    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(),), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_probe_gradient_is_the_clipped_adjoint_at_every_observation():
+    x, t, mask = _data(4)
+    grads = []
+    for fused in (True, False):
+        m = _model("hbnode", fused=fused, adjoint_clip=0.05)
+        probe = torch.zeros(B, T, m.state_size, dtype=x.dtype, requires_grad=True)
+        (1e2 * m.encode(x, t, mask, probe=probe).outputs[:, -1].pow(2).sum()).backward()
+        grads.append(probe.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-13)
+    assert float(grads[0].norm(dim=2).max()) <= 0.05 + 1e-12
+    assert float(grads[0].norm(dim=2)[:, -1].max()) > 0
+
+
+def test_time_gradients_fall_back_to_the_per_gap_path():
+    x, t, _ = _data(5)
+    m = _model("node", rtol=1e-10, atol=1e-10)
+    tt = t.clone().requires_grad_()
+    m(x, tt)[:, -1].sum().backward()
+    assert tt.grad is not None and torch.isfinite(tt.grad).all() and tt.grad.abs().sum() > 0
+    eps = 1e-6
+    with torch.no_grad():
+        t2 = t.clone()
+        t2[0, 2] += eps
+        up = m(x, t2)[:, -1].sum()
+        t2[0, 2] -= 2 * eps
+        dn = m(x, t2)[:, -1].sum()
+    assert float(tt.grad[0, 2]) == pytest.approx(float((up - dn) / (2 * eps)), rel=1e-4, abs=1e-7)
+
+
+def test_epoch_second_times_keep_their_gaps_with_a_float32_model():
+    """float64 absolute stamps near 1.7e9 with a float32 model give the outputs of the same data in relative time."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 6, K, generator=g)
+    rel = torch.cumsum(0.5 + torch.rand(2, 6, generator=g, dtype=torch.float64), dim=1)
+    torch.manual_seed(0)
+    m = odernn.ODERNN("hbnode", K, H, O, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        a = m(x, rel + 1.7e9)
+        b = m(x, rel)
+        fa = m.forecast(x, rel + 1.7e9, rel[:, -1:] + 1.7e9 + 1.0)
+        fb = m.forecast(x, rel, rel[:, -1:] + 1.0)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fa, fb, rtol=1e-5, atol=1e-6)
+
+
+def test_input_dtype_mismatch_is_explained():
+    m = odernn.ODERNN("node", K, H, O)
+    x, t, _ = _data()
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64 but the model's parameters are torch.float32"):
+        m(x, t)
+    with pytest.raises(TypeError, match="float16"):
+        m(x.half(), t.float())
+
+
+@pytest.mark.parametrize("method,extra", [("dopri5", {}), ("rk4", {"step_size": 0.5})])
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_blow_up_raises_solver_error(method, extra, adjoint):
+    class Explode(nn.Module):
+        def forward(self, h):
+            return 50.0 * h * h.abs() + 1.0
+
+    dyn = odernn.NODE(Explode())
+    m = odernn.ODERNN(dyn, K, 2, O, method=method, adjoint=adjoint, max_steps=200, **extra).double()
+    x, t, _ = _data()
+    with pytest.raises(odernn.SolverError, match="non-finite|max_steps|underflow|evaluated the vector field"):
+        m(x, 10 * t).sum().backward()
+
+
+def test_nan_field_raises_promptly():
+    class NaNNet(nn.Module):
+        def forward(self, h):
+            return h * float("nan")
+
+    m = odernn.ODERNN(odernn.NODE(NaNNet()), K, 2, O).double()
+    x, t, _ = _data()
+    with odernn.nfe_counter(m) as nfe, pytest.raises(odernn.SolverError, match="non-finite"):
+        m(x, t)
+    assert nfe.forward < 100  # a few rejected steps, not a runaway
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_compiled_loop_matches_eager():
+    """Solver(compile=True) compiles the field and the adjoint field; results agree with the eager loop."""
+    x, t, mask = _data(7)
+    res = []
+    for compile_ in (False, True):
+        m = _model("hbnode", rtol=1e-7, atol=1e-8)
+        m.solver = m.solver.replace(compile=compile_)
+        res.append(_run(m, x, t, mask))
+    (eo, eg, en), (co, cg, cn) = res
+    torch.testing.assert_close(co, eo, rtol=1e-9, atol=1e-10)
+    for a, b in zip(cg, eg):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    kinds = {(e["kind"], e["grad"]) for e in odernn.compile_log()}
+    assert ("field", False) in kinds and ("adjoint field", False) in kinds
