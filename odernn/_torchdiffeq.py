@@ -23,9 +23,10 @@ step that an output time actually falls in. Accepted steps, rejections, NFE and 
   times move with ``t[0]``, and an output time ``t[i]`` enters through the dense output, whose slope there
   approximates ``f(t[i], y(t[i]))``. The forward values are untouched (the time dependence is attached as an exact
   zero that carries the derivative).
-* A non-finite state or error estimate raises :class:`odernn.SolverError` at once (torchdiffeq would shrink the step to
-  zero and fail with an underflow assertion). The finiteness test is folded into the error-ratio reduction, so a step
-  costs one host synchronisation, as before.
+* A non-finite state or error estimate rejects the step and shrinks it by ``dfactor`` (torchdiffeq's controller grows
+  it after a NaN and then fails with an underflow assertion); after eight such rejections in a row, or 32 in one
+  solve, it raises :class:`odernn.SolverError`. The finiteness test is folded into the error-ratio reduction, so a step costs one host
+  synchronisation, as before.
 
 Options the lean step does not implement (``step_t``, ``jump_t``, events) are delegated to torchdiffeq's own step.
 """
@@ -79,6 +80,13 @@ _C_MID = (
     -1776094331 / 19743644256 / 2,
     11237099 / 235043384 / 2,
 )
+
+
+#: Non-finite error estimates (each rejected, the step shrunk by ``dfactor``) before a SolverError: in a row (as the
+#: fused ODE-RNN loop, odernn._fused), and in all of one solve (a solution running into a region where the field is
+#: NaN would otherwise creep towards it until max_steps).
+_MAX_NONFINITE = 8
+_MAX_NONFINITE_TOTAL = 32
 
 
 def _combine(base: Tensor, ks: list, coeffs: tuple, scale: float) -> Tensor:
@@ -150,6 +158,7 @@ class LeanDopri5(Dopri5Solver):
             self._shift_state = self._shift.to(self._time_dtype)
         # state: y, f, t0 of the last step, t1 (= current time), proposed dt, and what the dense output needs
         self._y, self._f, self._t0, self._t1 = self.y0, f0, start, start
+        self._bad = self._bad_total = 0  # consecutive and all non-finite error estimates
         self._last = None  # (y0, y1, ks, dt, t0) of the last accepted step, for lazy interpolation
         self._interp = None
 
@@ -204,10 +213,19 @@ class LeanDopri5(Dopri5Solver):
             probe = torch.add(err, tol).sum().mul_(0.0)
             error_ratio = float(self.norm(err.div_(tol)) + probe)
         if not math.isfinite(error_ratio):
-            raise SolverError(f"the state became non-finite (NaN or inf) in the step from solver time {t0:.6g} with "
-                              f"step size {dt:.3g} (in a backward pass: the adjoint state): the dynamics blew up or "
-                              f"the network returned NaN/inf. Check the network's outputs, regularise the model or "
-                              f"shorten the time span")
+            # Reject and shrink the step: a NaN from too large a trial step goes away; a persistent one is an error.
+            self._bad += 1
+            self._bad_total += 1
+            if self._bad > _MAX_NONFINITE or self._bad_total > _MAX_NONFINITE_TOTAL:
+                raise SolverError(f"the state became non-finite (NaN or inf) in the step from solver time {t0:.6g} "
+                                  f"with step size {dt:.3g} ({self._bad} times in a row, {self._bad_total} in this "
+                                  f"solve; in a backward pass: the adjoint state): the dynamics blew up or the network "
+                                  f"returned NaN/inf. Check the network's outputs, regularise the model or shorten the "
+                                  f"time span")
+            func.callback_reject_step(t0, y0, dt)
+            self._dt = max(dt * self._dfactor, self._min_step)
+            return
+        self._bad = 0
         accept = error_ratio <= 1
         if dt > self._max_step:
             accept = False
