@@ -27,7 +27,7 @@ from ._errors import SolverError
 from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics
 from ._solver import ADAPTIVE_METHODS, Solver, SolverConfig, resolve_solver
 from ._solver import FIXED_METHODS, METHODS  # noqa: F401  (re-exported: odernn.estimators imports them from here)
-from ._torchdiffeq import integrate, odeint_options
+from ._torchdiffeq import integrate
 
 __all__ = ["SolverConfig", "SolverError", "odesolve", "ODEBlock", "solve_gaps"]
 
@@ -38,8 +38,8 @@ class _Field(nn.Module):
     """The function torchdiffeq integrates: the dynamics in solve time ``s``, with NFE accounting.
 
     Time: with ``t0`` alone, ``t = t0 + s`` (a plain solve relative to its first time); with ``t0`` and ``dt``,
-    ``t = t0 + s * dt`` and the field is scaled by ``dt`` (per-sample gaps). The absolute time is formed (in the dtype of
-    ``t0``, then cast to ``time_dtype`` if given) only when the dynamics reads it.
+    ``t = t0 + s * dt`` and the field is scaled by ``dt`` (per-sample gaps). The absolute time is formed (in the dtype
+    of ``t0``, then cast to ``time_dtype`` if given) only when the dynamics reads it.
 
     Counting happens here because here the phase is known: with the adjoint method the forward solve runs with
     gradients disabled and the adjoint solve evaluates the field with gradients enabled; with direct
@@ -123,10 +123,6 @@ def _run(field: _Field, z0: Tensor, s: Tensor, cfg: Solver, first_step: Optional
     return integrate(field, z0, s, cfg, adjoint_params=params, first_step=first_step, in_gaps=in_gaps)
 
 
-#: The torchdiffeq keyword arguments of a solver (kept under its former name for callers of this module).
-_odeint_kwargs = odeint_options
-
-
 def _check_state(z0: Tensor, name: str = "z0") -> None:
     if not isinstance(z0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(z0).__name__}")
@@ -196,9 +192,9 @@ def odesolve(dynamics: Dynamics, z0: Tensor, t: Union[Tensor, Sequence[float]], 
     """Solve ``dz/dt = dynamics(t, z)`` from ``z0`` over a shared, strictly monotone time grid.
 
     The solve runs in time relative to ``t[0]``, with the differences taken in the dtype of ``t``: float64 times of
-    any magnitude (epoch seconds) keep their gaps with a float32 state. A time-dependent dynamics (``time_dependent=True``
-    or your own ``forward``) receives the absolute time ``t[0] + s`` as a 0-d tensor in the dtype of ``t`` (float64
-    for integer times or Python numbers).
+    any magnitude (epoch seconds) keep their gaps with a float32 state. A time-dependent dynamics
+    (``time_dependent=True`` or your own ``forward``) receives the absolute time ``t[0] + s`` as a 0-d tensor in the
+    dtype of ``t`` (float64 for integer times or Python numbers).
 
     Args:
         dynamics: an :class:`odernn.Dynamics` (NODE, ANODE, SONODE, HBNODE, GHBNODE or your own subclass).

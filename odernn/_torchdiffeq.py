@@ -23,10 +23,10 @@ step that an output time actually falls in. Accepted steps, rejections, NFE and 
   times move with ``t[0]``, and an output time ``t[i]`` enters through the dense output, whose slope there
   approximates ``f(t[i], y(t[i]))``. The forward values are untouched (the time dependence is attached as an exact
   zero that carries the derivative).
-* A non-finite state or error estimate rejects the step and shrinks it by ``dfactor`` (torchdiffeq's controller grows
-  it after a NaN and then fails with an underflow assertion); after eight such rejections in a row, or 32 in one
-  solve, it raises :class:`odernn.SolverError`. The finiteness test is folded into the error-ratio reduction, so a step costs one host
-  synchronisation, as before.
+* A non-finite state or error estimate rejects the step and shrinks it by ``dfactor`` (torchdiffeq's step turns the
+  NaN step size into zero and fails with an underflow assertion); after eight such rejections in a row, or 32 in one
+  solve, it raises :class:`odernn.SolverError`. The finiteness test is folded into the error-ratio reduction, so a
+  step costs one host synchronisation, as before.
 
 Options the lean step does not implement (``step_t``, ``jump_t``, events) are delegated to torchdiffeq's own step.
 """
