@@ -16,12 +16,11 @@ DATA = Path(os.environ.get("ODERNN_DATA") or Path(__file__).resolve().parents[2]
 needs_data = pytest.mark.skipif(not (DATA / "SHA256SUMS").is_file(), reason=f"no data folder at {DATA}")
 
 SCHEMA = set(typing.get_type_hints(D.Item))
-LEGACY = {"y", "t_y", "y_future", "mask_y"}  # old names kept while recipes and the forecaster switch
 
 
 def _check_item(item, groups):
     assert {"x", "t", "mask"} <= set(item)
-    assert set(item) <= SCHEMA | LEGACY
+    assert set(item) <= SCHEMA
     T = item["t"].shape[0]
     assert item["x"].shape[0] == T and item["mask"].shape == item["x"].shape and item["mask"].dtype == torch.bool
     assert bool((item["t"][1:] > item["t"][:-1]).all())
@@ -41,10 +40,12 @@ def test_benchmark_items_follow_the_schema():
     walker = D.walker2d("valid")
     item = walker[3]
     _check_item(item, {"next"})
+    assert "y" not in item  # renamed x_next: y is only ever an output at the input stamps
     torch.testing.assert_close(item["t_next"], item["t"] + 1)
     assert item["mask"].all() and item["mask_next"].all()
     pv = D.plane_vibration("test")
     _check_item(pv[5], {"next", "future"})
+    assert not {"y", "t_y", "y_future"} & set(pv[5])
     torch.testing.assert_close(pv[5]["t_next"][:-1], pv[5]["t"][1:])
     sb = D.silverbox(window=32)
     _check_item(sb[2], {"output"})
@@ -121,3 +122,16 @@ def test_normalization_validates_its_fields(kwargs, error, message):
 def test_loaders_refuse_an_unknown_normalize(tmp_path):
     with pytest.raises(TypeError, match=r"normalize must be a bool or an odernn.data.Normalization, got str"):
         D.walker2d("train", root=tmp_path, download=False, normalize="zscore")
+
+
+def test_collate_pads_outputs_with_the_inputs_and_checks_their_length():
+    items = [{"x": torch.ones(3, 1), "t": torch.arange(3.0), "y": torch.full((3, 2), 2.0)},
+             {"x": torch.ones(1, 1), "t": torch.tensor([5.0]), "y": torch.tensor([[float("nan"), 1.0]])}]
+    batch = D.collate_irregular(items)
+    assert batch["y"].shape == (2, 3, 2) and batch["mask_y"].shape == (2, 3, 2)
+    assert batch["mask_y"][1].tolist() == [[False, True], [False, False], [False, False]]
+    assert batch["y"][1, 0].tolist() == [0.0, 1.0]
+    items[1]["y"] = torch.ones(2, 2)
+    with pytest.raises(ValueError, match=r"batch\[1\]: 'y' has 2 rows but the item has 1 input stamps; 'y' holds "
+                                         r"outputs at the input times t \(targets after the inputs go in 'x_future'"):
+        D.collate_irregular(items)

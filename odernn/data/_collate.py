@@ -12,9 +12,6 @@ from ._schema import FUTURE_KEYS, INPUT_KEYS, NEXT_KEYS, OUTPUT_KEYS
 
 __all__ = ["collate_irregular"]
 
-_LEGACY_FUTURE = ("y", "t_y", "mask_y")  # the future group's old names, still built by the forecaster
-
-
 def _finite_times(ts: Sequence[torch.Tensor], tk: str) -> None:
     for j, t in enumerate(ts):
         bad = ~torch.isfinite(t.double())
@@ -114,8 +111,7 @@ def collate_irregular(batch: Sequence[Mapping[str, Any]], *, pad_step: float = 1
             ``(T_b,)``, default all True); optionally the target groups ``"x_next"``/``"t_next"``/``"mask_next"``
             ``(T_b, ...)``, ``"x_future"``/``"t_future"``/``"mask_future"`` ``(H_b, ...)`` and
             ``"y"``/``"mask_y"`` ``(T_b, G)``. Other keys are batched with PyTorch's ``default_collate`` (or kept
-            as a list when that fails). The future group's old names ``"y"``/``"t_y"``/``"mask_y"`` (an item
-            with ``"t_y"``) are still padded as before, into ``"y"``, ``"t_y"``, ``"mask_y"``, ``"lengths_y"``.
+            as a list when that fails).
         pad_step: Spacing of the padded times, in the series' time unit.
 
     Returns:
@@ -157,13 +153,18 @@ def collate_irregular(batch: Sequence[Mapping[str, Any]], *, pad_step: float = 1
     if NEXT_KEYS[0] in first and NEXT_KEYS[1] in first:
         out["x_next"], out["t_next"], out["mask_next"], _ = _pad_group(batch, NEXT_KEYS, pad_step, last)
         used |= set(NEXT_KEYS)
-    for keys, suffix in ((FUTURE_KEYS, "future"), (_LEGACY_FUTURE, "y")):
-        if keys[0] in first and keys[1] in first:
-            x, t, m, n = _pad_group(batch, keys, pad_step, last)
-            out[keys[0]], out[keys[1]], out[keys[2]], out[f"lengths_{suffix}"] = x, t, m, n
-            used |= set(keys)
-    if OUTPUT_KEYS[0] in first and OUTPUT_KEYS[0] not in used:
+    if FUTURE_KEYS[0] in first and FUTURE_KEYS[1] in first:
+        x, t, m, n = _pad_group(batch, FUTURE_KEYS, pad_step, last)
+        out["x_future"], out["t_future"], out["mask_future"], out["lengths_future"] = x, t, m, n
+        used |= set(FUTURE_KEYS)
+    if OUTPUT_KEYS[0] in first:
         ys, masks = _values_and_masks(batch, *OUTPUT_KEYS)
+        for j, (y, n) in enumerate(zip(ys, lengths.tolist())):
+            if y.shape[0] != n:
+                raise ValueError(
+                    f"batch[{j}]: 'y' has {y.shape[0]} rows but the item has {n} input stamps; 'y' holds outputs "
+                    "at the input times t (targets after the inputs go in 'x_future'/'t_future')"
+                )
         out["y"], out["mask_y"] = _pad_values(ys, masks, out["x"].shape[1])
         used |= set(OUTPUT_KEYS)
     for key in first:

@@ -157,8 +157,6 @@ class PlaneVibration(NormalizedDataset):
             "x_future": x_future,
             "t_future": torch.from_numpy(self._times[future]),
             "mask_future": torch.ones(FORECAST_LEN, len(COLUMNS), dtype=torch.bool),
-            # legacy names, kept while recipes switch (see data_api.md)
-            "y": x_next, "t_y": t_next, "y_future": x_future,
         }
 
     def __repr__(self) -> str:

@@ -149,7 +149,6 @@ class Walker2d(NormalizedDataset):
             "x_next": x_next,
             "t_next": torch.from_numpy(t + np.float32(1.0)),
             "mask_next": torch.ones(WINDOW, N_FEATURES, dtype=torch.bool),
-            "y": x_next,  # legacy name of x_next, kept while recipes switch (see data_api.md)
         }
 
     def __repr__(self) -> str:

@@ -101,7 +101,5 @@ class SeriesWindows(Dataset):
         i, lo, hi = self.spans[k]
         x, t, mask = self.source._stamps(i, lo, hi)
         xf, tf, mf = self.source._stamps(i, hi, hi + self.horizon)
-        return {"x": x, "t": t, "mask": mask, "x_future": xf, "t_future": tf, "mask_future": mf,
-                # legacy names of the future group, kept while recipes and the forecaster switch (data_api.md)
-                "y": xf, "t_y": tf, "mask_y": mf,
-                "series": i, "start": lo}
+        return {"x": x, "t": t, "mask": mask, "x_future": xf, "t_future": tf, "mask_future": mf, "series": i,
+                "start": lo}
