@@ -13,14 +13,19 @@ refused resume, a damaged checkpoint) into ``<prog>: error: ...`` and exit statu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import odernn
+
 __all__ = ["RecipeError", "RecipeParser", "RESUME_SAFE_FLAGS", "base_parser", "add_hybrid_flags", "xi_kwargs",
-           "expand_models", "positive_int", "nonnegative_int", "positive_float", "folder_path", "run_cli"]
+           "expand_models", "positive_int", "nonnegative_int", "positive_float", "folder_path", "solver_from_args",
+           "solver_settings", "run_cli"]
 
 
 class RecipeError(RuntimeError):
@@ -29,12 +34,15 @@ class RecipeError(RuntimeError):
 
 #: Settings a ``--resume`` may change: they do not change what is computed (how long, where, how fast, how it is
 #: shown, where files go). ``data_root``: the loaders verify the registered SHA-256 of every file they read.
+#: ``compile``: the same arithmetic, compiled (results may differ in the last bits).
 RESUME_SAFE_FLAGS = frozenset({"epochs", "threads", "device", "workers", "progress", "resume", "overwrite", "out",
-                               "checkpoint_dir", "data_root", "download", "argv", "model"})
+                               "checkpoint_dir", "data_root", "download", "argv", "model", "compile"})
 
 _DEFAULTS = dict(epochs=500, max_batches=None, max_eval_batches=None, batch_size=64, eval_batch_size=None, lr=1e-3,
-                 rtol=1e-7, atol=1e-7, adjoint=True, adjoint_clip=None, seed=0, device="auto", out=None,
-                 checkpoint_dir=None, resume=False, overwrite=False, threads=None, workers=0, progress=None)
+                 method="dopri5", rtol=1e-7, atol=1e-7, adjoint=True, step=None, compile="auto", adjoint_clip=None,
+                 seed=0, device="auto", out=None, checkpoint_dir=None, resume=False, overwrite=False, threads=None,
+                 workers=0, progress=None)
+_NO_COMPILER = r"Solver\(compile=True\): no compiler"
 
 
 def positive_int(s: str) -> int:
@@ -85,7 +93,8 @@ def folder_path(s: str) -> str:
 
 
 class RecipeParser(argparse.ArgumentParser):
-    """An :class:`argparse.ArgumentParser` that records the exact command line as ``args.argv``.
+    """An :class:`argparse.ArgumentParser` that records the exact command line as ``args.argv`` and checks the
+    solver flags together (e.g. a fixed-grid ``--method`` needs a step).
 
     ``args.argv`` is ``shlex.split(prog) + the arguments parsed`` (e.g. ``["python", "-m", "recipes.walker2d",
     "--model", "hbnode"]``), so ``shlex.join(args.argv)`` reruns the same command.
@@ -95,17 +104,49 @@ class RecipeParser(argparse.ArgumentParser):
         given = list(sys.argv[1:] if args is None else args)
         ns, extra = super().parse_known_args(given, namespace)
         ns.argv = [*shlex.split(self.prog), *given]
+        if hasattr(ns, "method"):
+            try:
+                solver_from_args(ns).check_fixed_step(in_gaps=ns.step_kind == "fraction")
+            except ValueError as e:
+                self.error(f"solver flags: {e}")
         return ns, extra
 
 
+def solver_from_args(args: Any, **changes: Any) -> odernn.Solver:
+    """The one :class:`odernn.Solver` of a run, from ``--method``, ``--rtol``, ``--atol``, ``--adjoint``, the
+    fixed-grid step (``--step-fraction`` or ``--step-size``) and ``--compile``; ``changes`` override fields.
+
+    ``--compile auto`` compiles where a compiler is available and runs eagerly, silently, where none is (``on`` warns
+    there once; ``off`` never compiles). Compiling serves the fused ODE-RNN loop; other solves run eagerly.
+
+    Raises:
+        ValueError: for settings :class:`odernn.Solver` refuses (unknown method, fixed-grid method without a step).
+    """
+    fields = dict(method=args.method, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint,
+                  compile=args.compile != "off")
+    step = getattr(args, "step", None)
+    if step is not None:
+        fields["step_fraction" if getattr(args, "step_kind", "size") == "fraction" else "step_size"] = step
+    if args.compile == "auto":
+        warnings.filterwarnings("ignore", message=_NO_COMPILER)
+    return odernn.Solver(**{**fields, **changes})
+
+
+def solver_settings(args: Any) -> dict:
+    """The resolved solver of a run as a JSON-able dict (for ``config.json``)."""
+    solver = solver_from_args(args)
+    return {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)}
+
+
 def base_parser(description: str, *, models: Sequence[str], defaults: Optional[Mapping[str, Any]] = None,
-                prog: Optional[str] = None) -> RecipeParser:
+                prog: Optional[str] = None, fixed_step: str = "size") -> RecipeParser:
     """An argument parser with the flags every recipe shares; add recipe-specific flags to the returned parser.
 
     Flags: ``--model {models..., all}``, ``--epochs``, ``--max-batches`` (training batches per epoch, for smoke
     runs), ``--max-eval-batches`` (per evaluation set; defaults to ``--max-batches``), ``--batch-size``,
-    ``--eval-batch-size`` (default: ``--batch-size``), ``--lr``, ``--rtol``, ``--atol``, ``--adjoint/--no-adjoint``,
-    ``--adjoint-clip``, ``--seed``, ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``--out``,
+    ``--eval-batch-size`` (default: ``--batch-size``), ``--lr``, the solver (``--method``, ``--rtol``, ``--atol``,
+    ``--adjoint/--no-adjoint``, ``--step-fraction`` or ``--step-size``, ``--compile {auto,on,off}``: see
+    :func:`solver_from_args`), ``--adjoint-clip``, ``--seed``, ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``--out``,
     ``--checkpoint-dir``, ``--resume`` / ``--overwrite``, ``--threads`` (``torch.set_num_threads``), ``--workers``
     (DataLoader worker processes), ``--progress/--no-progress``.
 
@@ -115,10 +156,14 @@ def base_parser(description: str, *, models: Sequence[str], defaults: Optional[M
         defaults: overrides of the shared defaults, keyed by destination (``batch_size``, ``lr``, ``epochs``,
             ``out``, ``model``, ...). ``model`` defaults to ``"all"``.
         prog: program name for the usage line and the recorded command (``python -m recipes.<name>``).
+        fixed_step: the step flag of fixed-grid methods: ``"fraction"`` (``--step-fraction``, a fraction of each gap:
+            ODE-RNN recipes) or ``"size"`` (``--step-size``, in the solve's time units: continuous-depth layers).
 
     Raises:
-        ValueError: for an empty ``models`` or a default key that is not a shared flag.
+        ValueError: for an empty ``models``, a default key that is not a shared flag, or an unknown ``fixed_step``.
     """
+    if fixed_step not in ("fraction", "size"):
+        raise ValueError(f"fixed_step must be 'fraction' or 'size', got {fixed_step!r}")
     models = tuple(models)
     if not models or "all" in models:
         raise ValueError(f"models must be a non-empty sequence of names without 'all', got {models!r}")
@@ -139,10 +184,21 @@ def base_parser(description: str, *, models: Sequence[str], defaults: Optional[M
     p.add_argument("--eval-batch-size", type=positive_int, default=d["eval_batch_size"],
                    help="evaluation batch size; default: --batch-size")
     p.add_argument("--lr", type=positive_float, default=d["lr"], help="Adam learning rate")
-    p.add_argument("--rtol", type=positive_float, default=d["rtol"], help="relative tolerance of dopri5")
-    p.add_argument("--atol", type=positive_float, default=d["atol"], help="absolute tolerance of dopri5")
+    p.add_argument("--method", default=d["method"], help="ODE solver method (torchdiffeq names: dopri5, rk4, ...)")
+    p.add_argument("--rtol", type=positive_float, default=d["rtol"], help="relative tolerance of adaptive methods")
+    p.add_argument("--atol", type=positive_float, default=d["atol"], help="absolute tolerance of adaptive methods")
     p.add_argument("--adjoint", action=argparse.BooleanOptionalAction, default=d["adjoint"],
                    help="differentiate with the adjoint method (else backpropagate through the solver)")
+    if fixed_step == "fraction":
+        p.add_argument("--step-fraction", dest="step", type=positive_float, default=d["step"],
+                       help="fixed-grid methods: step as a fraction of each gap (1 / steps per gap)")
+    else:
+        p.add_argument("--step-size", dest="step", type=positive_float, default=d["step"],
+                       help="fixed-grid methods: step in the solve's time units")
+    p.set_defaults(step_kind=fixed_step)
+    p.add_argument("--compile", choices=("auto", "on", "off"), default=d["compile"],
+                   help="compile the fused ODE-RNN solver loop with torch.compile (auto: where a compiler is found; "
+                        "a first batch then takes about 20 s longer)")
     p.add_argument("--adjoint-clip", type=positive_float, default=d["adjoint_clip"],
                    help="clip the per-sample l2 norm of the adjoint state at every observation (paper Sec. 4)")
     p.add_argument("--seed", type=int, default=d["seed"], help="random seed (model init, shuffling)")

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 import odernn
 
 from ._checkpoint import CHECKPOINT_NAME, check_resume_settings, load_checkpoint, save_checkpoint, settings_of
-from ._cli import expand_models
+from ._cli import expand_models, solver_settings
 from ._distributed import DistContext, close_distributed, init_distributed, make_loader, set_epoch
 from ._files import atomic_write_json
 from ._loops import LossFn, TrainingDiverged, count_parameters, evaluate, train_epoch
@@ -150,6 +150,8 @@ def _config(spec: RecipeSpec, name: str, args: argparse.Namespace, ctx: DistCont
     config = {k: v for k, v in vars(args).items()}
     config.update(model=name, recipe=spec.name, world_size=ctx.world_size, device=str(ctx.device),
                   num_params=num_params)
+    if hasattr(args, "method"):
+        config["solver"] = solver_settings(args)
     if spec.describe is not None:
         config["architecture"] = dict(spec.describe(name, args))
     record = run_record(getattr(args, "argv", None))

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ._cli import base_parser, expand_models, nonnegative_int, positive_float, positive_int
+from ._cli import base_parser, expand_models, nonnegative_int, positive_float, positive_int, solver_from_args
 from ._driver import RecipeSpec, run_recipe
 from ._files import atomic_write_csv, read_csv
 from ._image_data import CIFAR10_JPEG_NOTE, UInt8Images, load_cifar10, load_mnist
@@ -66,7 +66,7 @@ def image_spec(dataset: str) -> RecipeSpec:
         return {"train": train, "valid": valid, "test": test}
 
     def build(name: str, args) -> nn.Module:
-        return build_image_model(dataset, name, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint)
+        return build_image_model(dataset, name, solver=solver_from_args(args))
 
     def describe(name: str, args) -> dict:
         s = SPECS[dataset][name]

@@ -17,37 +17,23 @@ time, without seeing any future value.
 
 NFEs are counted like :func:`odernn.nfe_counter` does for the ODE-RNNs: with the adjoint method, evaluations made
 with gradients enabled are the backward (adjoint) solve's; with direct backpropagation each forward evaluation's
-backward pass is counted by a hook. Step-size control uses the same per-sample norm (max over the batch of each
-sample's RMS) and, with the adjoint, the seminorm (Kidger et al. 2021), as the ODE-RNNs do.
+backward pass is counted by a hook. The solver settings are one :class:`odernn.Solver`, as for the ODE-RNNs: step-size
+control uses its norm (``Solver.norm_function``: by default the max over the batch of each sample's RMS) and, with
+the adjoint, the seminorm (Kidger et al. 2021).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 import torchcde
 
+import odernn
+
 __all__ = ["NeuralCDE", "ncde_width_for", "ncde_num_params"]
-
-
-def _sample_rms_max(x: Tensor) -> Tensor:
-    if x.dim() < 2:
-        return x.abs().max() if x.numel() else x.new_zeros(())
-    return x.reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt().max()
-
-
-@dataclasses.dataclass
-class _Count:
-    forward: int = 0
-    backward: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.forward + self.backward
 
 
 class _VectorField(nn.Module):
@@ -60,7 +46,7 @@ class _VectorField(nn.Module):
         self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.ReLU(), nn.Linear(width, hidden_size * channels),
                                  nn.Tanh())
         self.adjoint = adjoint
-        self.counters: tuple[_Count, ...] = ()
+        self.counters: tuple[odernn.NFECount, ...] = ()
 
     def forward(self, s: Tensor, z: Tensor) -> Tensor:
         out = self.net(z).view(z.shape[0], self.hidden_size, self.channels)
@@ -105,7 +91,10 @@ class NeuralCDE(nn.Module):
         hidden_size: CDE state size ``H``.
         width: hidden width of the vector field.
         output_size: outputs per step.
-        rtol, atol, method, adjoint, seminorm, max_steps: solver settings (torchdiffeq through torchcde).
+        solver: how the CDE is solved, as an :class:`odernn.Solver` (default ``Solver()``: dopri5, rtol 1e-3,
+            atol 1e-4, adjoint with the seminorm, the per-sample norm); ``solver_changes`` (``rtol=``, ...) override
+            its fields. Fixed-grid methods take ``step_fraction`` (or ``step_size``) in units of the observation
+            index, i.e. a fraction of each gap. ``fused``/``compile`` do not apply (torchcde solves the CDE).
         time_scale: factor ``tau`` on the time channel (times are taken relative to each sample's first observation).
         input_mean, input_std: optional (k,) statistics (e.g. of the training inputs) that standardise the values
             before they enter the path (fixed buffers, not learned). A path that moves by several units per step
@@ -117,24 +106,24 @@ class NeuralCDE(nn.Module):
         ``(outputs (B, T, output_size), forecast (B, F, output_size))``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, width: int, output_size: int, *, rtol: float = 1e-3,
-                 atol: float = 1e-4, method: str = "dopri5", adjoint: bool = True, seminorm: bool = True,
-                 max_steps: int = 10_000, time_scale: float = 1.0, input_mean: Optional[Tensor] = None,
-                 input_std: Optional[Tensor] = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, width: int, output_size: int, *,
+                 solver: Optional[odernn.Solver] = None, time_scale: float = 1.0, input_mean: Optional[Tensor] = None,
+                 input_std: Optional[Tensor] = None, **solver_changes: Any) -> None:
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("width", width),
-                        ("output_size", output_size), ("max_steps", max_steps)):
+                        ("output_size", output_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not (rtol > 0 and atol > 0 and time_scale > 0):
-            raise ValueError(f"rtol, atol and time_scale must be positive, got {rtol!r}, {atol!r}, {time_scale!r}")
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale!r}")
+        self.solver = (solver or odernn.Solver()).replace(**solver_changes)
+        if not self.solver.adaptive and (self.solver.step_fraction or self.solver.step_size) is None:
+            raise ValueError(f"fixed-grid method {self.solver.method!r} needs step_fraction= (a fraction of each gap)")
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         channels = input_size + 1
         self.initial = nn.Linear(channels, hidden_size)
-        self.field = _VectorField(hidden_size, channels, width, adjoint)
+        self.field = _VectorField(hidden_size, channels, width, self.solver.adjoint)
         self.readout = nn.Linear(hidden_size, output_size)
-        self.rtol, self.atol, self.method = float(rtol), float(atol), method
-        self.adjoint, self.seminorm, self.max_steps = bool(adjoint), bool(seminorm), int(max_steps)
         self.time_scale = float(time_scale)
         mean = torch.zeros(input_size) if input_mean is None else torch.as_tensor(input_mean, dtype=torch.float32)
         std = torch.ones(input_size) if input_std is None else torch.as_tensor(input_std, dtype=torch.float32)
@@ -145,9 +134,9 @@ class NeuralCDE(nn.Module):
         self.register_buffer("input_std", std.clone())
 
     @contextlib.contextmanager
-    def nfe_counter(self) -> Iterator[_Count]:
+    def nfe_counter(self) -> Iterator[odernn.NFECount]:
         """Count vector-field evaluations (``forward``, ``backward``) while open; run ``backward()`` inside."""
-        count = _Count()
+        count = odernn.NFECount()
         self.field.counters = self.field.counters + (count,)
         try:
             yield count
@@ -186,15 +175,16 @@ class NeuralCDE(nn.Module):
         z0 = self.initial(X.evaluate(X.interval[0]))
         # The path is a cubic polynomial between knots but only C1 across them: restarting the step at every knot
         # (jump_t) keeps adaptive steps long inside each piece instead of shrinking them around every knot.
-        knots = X.grid_points
-        opts = {"norm": _sample_rms_max, "max_num_steps": self.max_steps, "jump_t": knots}
-        kw = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=opts)
-        if self.adjoint:
-            adj = {"max_num_steps": self.max_steps, "jump_t": knots}
-            if self.seminorm:
-                adj["norm"] = "seminorm"
-            kw.update(adjoint_options=adj, adjoint_params=tuple(self.field.parameters()))
-        z = torchcde.cdeint(X=X, func=self.field, z0=z0, t=X.grid_points, adjoint=self.adjoint, **kw)  # (B, S, H)
+        knots, cfg = X.grid_points, self.solver
+        if cfg.adaptive:
+            opts = {"norm": cfg.norm_function, "max_num_steps": cfg.max_steps, "jump_t": knots}
+            adj = {"max_num_steps": cfg.max_steps, "jump_t": knots, **({"norm": "seminorm"} if cfg.seminorm else {})}
+        else:
+            opts = adj = {"step_size": cfg.step_fraction or cfg.step_size}
+        kw = dict(rtol=cfg.rtol, atol=cfg.atol, method=cfg.method, options=opts)
+        if cfg.adjoint:
+            kw.update(adjoint_options=dict(adj), adjoint_params=tuple(self.field.parameters()))
+        z = torchcde.cdeint(X=X, func=self.field, z0=z0, t=knots, adjoint=cfg.adjoint, **kw)  # (B, S, H)
         y = self.readout(z)
         if t_future is None:
             return y

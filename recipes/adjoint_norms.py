@@ -61,7 +61,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.prog = "python -m recipes.adjoint_norms"
     p.description = ("Train Walker2D ODE-RNN hybrids briefly and plot the l2 norm of the adjoint state at every "
                      "observation against T - t (HBNODE paper Fig. 3).")
-    p.set_defaults(epochs=1, max_batches=20, rtol=1e-3, atol=1e-4, out="runs/adjoint_norms", model=None)
+    # a short run: compiling the solver loop (about 20 s per model) would not pay off
+    p.set_defaults(epochs=1, max_batches=20, rtol=1e-3, atol=1e-4, out="runs/adjoint_norms", model=None,
+                   compile="off")
     p.add_argument("--models", default=None,
                    help=f"comma-separated models to compare (default {','.join(DEFAULT_MODELS)}; 'all' = "
                         f"{','.join(walker2d.PAPER_MODELS)}); --model NAME is the same as --models NAME")

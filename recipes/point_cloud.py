@@ -42,7 +42,7 @@ import argparse
 import functools
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +51,7 @@ from torch.utils.data import Dataset, TensorDataset
 import odernn
 
 from ._checkpoint import load_checkpoint
-from ._cli import base_parser, expand_models, run_cli
+from ._cli import base_parser, expand_models, run_cli, solver_from_args
 from ._distributed import DistContext, init_distributed
 from ._driver import RecipeSpec, checkpoint_path, fit_model
 from ._files import atomic_write_csv, atomic_write_text, read_csv
@@ -103,15 +103,16 @@ class PointCloudModel(nn.Module):
     Args:
         model: ``"node" | "anode" | "sonode" | "hbnode" | "ghbnode"``.
         n, h: state size and hidden width (Table 3).
-        rtol, atol, adjoint, max_steps: dopri5 settings of the ODE layer.
+        solver: how the ODE layer is solved (default: dopri5 at rtol = atol = 1e-7, adjoint); ``solver_changes``
+            (``rtol=``, ...) override its fields.
 
     Shapes:
         ``forward(x)``: (batch, 2) -> (batch,) in [-1, 1]. ``trajectory(x, t)``: (batch, 2), (T,) ->
         (batch, T, n) positions.
     """
 
-    def __init__(self, model: str, n: int, h: int, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: bool = True,
-                 max_steps: int = 10_000) -> None:
+    def __init__(self, model: str, n: int, h: int, *, solver: Optional[odernn.Solver] = None,
+                 **solver_changes: Any) -> None:
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
@@ -132,8 +133,8 @@ class PointCloudModel(nn.Module):
             f_in = 2 * n if model == "sonode" else n
             cls = {"sonode": odernn.SONODE, "hbnode": odernn.HBNODE, "ghbnode": odernn.GHBNODE}[model]
             dyn = cls(_mlp(f_in, n, h, nn.ELU))
-        self.block = odernn.ODEBlock(dyn, t0=0.0, t1=1.0, method="dopri5", rtol=rtol, atol=atol, adjoint=adjoint,
-                                     max_steps=max_steps)
+        solver = (solver or odernn.Solver(rtol=1e-7, atol=1e-7)).replace(**solver_changes)
+        self.block = odernn.ODEBlock(dyn, t0=0.0, t1=1.0, solver=solver)
         self.readout = nn.Linear(n, 1)
 
     @property
@@ -155,17 +156,15 @@ class PointCloudModel(nn.Module):
     @torch.no_grad()
     def trajectory(self, x: Tensor, t: Tensor) -> Tensor:
         """Positions of the points along the flow at times ``t`` (T,) in [0, 1]: (batch, T, n)."""
-        cfg = self.block.solver
-        z = odernn.odesolve(self.dynamics, self.initial_state(x), t.to(x), method=cfg.method, rtol=cfg.rtol,
-                            atol=cfg.atol, adjoint=False, max_steps=cfg.max_steps)
+        z = odernn.odesolve(self.dynamics, self.initial_state(x), t.to(x), solver=self.block.solver, adjoint=False)
         b, T = z.shape[:2]
         return self.dynamics.hidden(z.reshape(b * T, -1)).reshape(b, T, -1)
 
 
-def build_model(model: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: bool = True) -> PointCloudModel:
-    """The Table 3 point-cloud model ``model``."""
+def build_model(model: str, *, solver: Optional[odernn.Solver] = None, **solver_changes: Any) -> PointCloudModel:
+    """The Table 3 point-cloud model ``model`` (``solver``, ``solver_changes``: see :class:`PointCloudModel`)."""
     n, h = SIZES[model]
-    return PointCloudModel(model, n, h, rtol=rtol, atol=atol, adjoint=adjoint)
+    return PointCloudModel(model, n, h, solver=solver, **solver_changes)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -186,7 +185,7 @@ def _datasets(seed: int) -> dict[str, Dataset]:
 
 def _run_spec(model: str, run: int) -> RecipeSpec:
     def build(_name: str, args: argparse.Namespace) -> nn.Module:
-        return build_model(model, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint)
+        return build_model(model, solver=solver_from_args(args))
 
     def describe(_name: str, args: argparse.Namespace) -> dict:
         n, h = SIZES[model]
@@ -232,7 +231,7 @@ def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: DistC
         metrics = read_csv(folder / name / "metrics.csv")
         for r in metrics:
             epoch_rows.setdefault(r["epoch"], []).append(r)
-        net = build_model(model, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(ctx.device)
+        net = build_model(model, solver=solver_from_args(args)).to(ctx.device)
         load_checkpoint(checkpoint_path(run_args, folder / name), model=net, restore_rng=False)
         x, y = (tensor.to(ctx.device) for tensor in data["train"].tensors)
         loss, acc = _final_eval(net, x, y)
@@ -352,7 +351,7 @@ def plot_evolution(out: Path, models: list[str], args: argparse.Namespace, devic
     x = x.to(device)
     t = torch.tensor(times, dtype=torch.float32)
     for i, m in enumerate(avail):
-        net = build_model(m, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint).to(device)
+        net = build_model(m, solver=solver_from_args(args)).to(device)
         load_checkpoint(checkpoint_path(args, out / m / run), model=net, restore_rng=False)
         net.eval()
         traj = net.trajectory(x, t).cpu()  # (B, T, n)

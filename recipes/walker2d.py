@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 import odernn
 
-from ._cli import add_hybrid_flags, base_parser, run_cli, xi_kwargs
+from ._cli import add_hybrid_flags, base_parser, run_cli, solver_from_args, xi_kwargs
 from ._driver import RecipeSpec, run_recipe
 from ._ncde import NeuralCDE, ncde_width_for
 
@@ -118,9 +118,15 @@ class StepPredictor(nn.Module):
         return self.core(x, t_rel)
 
 
-def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: bool = True,
-                 adjoint_clip: Optional[float] = None, xi0: float = XI0) -> odernn.ODERNN:
-    """The ODE-RNN hybrid ``name`` of Table 4 (see the module docstring)."""
+def build_odernn(name: str, *, solver: Optional[odernn.Solver] = None, adjoint_clip: Optional[float] = None,
+                 xi0: float = XI0, **solver_changes: Any) -> odernn.ODERNN:
+    """The ODE-RNN hybrid ``name`` of Table 4 (see the module docstring).
+
+    Args:
+        solver: how the ODE is solved (default: dopri5 at rtol = atol = 1e-7 with the adjoint, the paper's setting);
+            ``solver_changes`` (``rtol=``, ``method=``, ...) override its fields.
+    """
+    solver = (solver or odernn.Solver(rtol=1e-7, atol=1e-7)).replace(**solver_changes)
     a = ARCH[name]
     n, p = a["n"], a["augment"]
     n_in = {"sonode": 2 * n, "anode": n + p}.get(name, n)
@@ -129,8 +135,8 @@ def build_odernn(name: str, *, rtol: float = 1e-7, atol: float = 1e-7, adjoint: 
     cell = MLPCell(K, state, a["h1"], a["h2"], residual=a["residual"])
     readout = nn.Linear(n + p if name in ("node", "anode") else n, K)
     initial = FirstObservationInitial(K, n, p) if name == "anode" else None
-    return odernn.ODERNN(dyn, K, n, K, rtol=rtol, atol=atol, adjoint=adjoint, adjoint_clip=adjoint_clip, cell=cell,
-                         feed_mask=False, readout=readout, initial_state=initial)
+    return odernn.ODERNN(dyn, K, n, K, solver=solver, adjoint_clip=adjoint_clip, cell=cell, feed_mask=False,
+                         readout=readout, initial_state=initial)
 
 
 def _ncde_width() -> int:
@@ -143,12 +149,10 @@ def build_model(name: str, args: argparse.Namespace) -> StepPredictor:
         from odernn.data import walker2d
 
         train = walker2d("train", root=args.data_root)  # the path is standardised with training statistics
-        core: nn.Module = NeuralCDE(K, NCDE_HIDDEN, _ncde_width(), K, rtol=args.rtol, atol=args.atol,
-                                    adjoint=args.adjoint, input_mean=torch.as_tensor(train.mean),
-                                    input_std=torch.as_tensor(train.std))
+        core: nn.Module = NeuralCDE(K, NCDE_HIDDEN, _ncde_width(), K, solver=solver_from_args(args, compile=False),
+                                    input_mean=torch.as_tensor(train.mean), input_std=torch.as_tensor(train.std))
     else:
-        core = build_odernn(name, rtol=args.rtol, atol=args.atol, adjoint=args.adjoint,
-                            adjoint_clip=args.adjoint_clip, xi0=args.xi0)
+        core = build_odernn(name, solver=solver_from_args(args), adjoint_clip=args.adjoint_clip, xi0=args.xi0)
     return StepPredictor(core, time_scale=args.time_scale)
 
 
@@ -182,7 +186,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = base_parser(
         "Walker2D (HBNODE paper Sec. 5.4): ODE-RNN hybrids predicting the next step of irregularly sampled "
         "kinematics. --model all trains the paper's five models; ncde is the Neural CDE baseline.",
-        models=MODELS, prog="python -m recipes.walker2d",
+        models=MODELS, prog="python -m recipes.walker2d", fixed_step="fraction",
         defaults=dict(batch_size=256, lr=3e-3, epochs=500, rtol=1e-7, atol=1e-7, out="runs/walker2d"))
     p.add_argument("--time-scale", type=float, default=1 / 64,
                    help="multiply times (in raw simulation steps) by this factor (official code: 1/64)")

@@ -29,7 +29,8 @@ from recipes._loops import count_parameters
 from recipes._ncde import NeuralCDE, ncde_num_params
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--rtol", "1e-3", "--atol", "1e-3", "--batch-size", "4", "--max-batches", "2", "--threads", "1"]
+TINY = ["--rtol", "1e-3", "--atol", "1e-3", "--batch-size", "4", "--max-batches", "2", "--threads", "1",
+        "--compile", "off"]
 
 
 def _have(name: str) -> bool:
@@ -104,7 +105,8 @@ def test_ncde_is_sized_like_the_hybrids_and_causal():
 def test_plane_vibration_all_writes_metrics_summary_and_comparison(tmp_path, capsys):
     out = tmp_path / "pv"
     res = plane_vibration.main(["--model", "all", "--epochs", "1", "--max-batches", "1", "--batch-size", "2",
-                                "--rtol", "1e-3", "--atol", "1e-3", "--threads", "1", "--out", str(out)])
+                                "--rtol", "1e-3", "--atol", "1e-3", "--threads", "1", "--compile", "off",
+                                "--out", str(out)])
     assert set(res) == set(plane_vibration.PAPER_MODELS)
     printed = capsys.readouterr().out
     for name in plane_vibration.PAPER_MODELS:
@@ -232,7 +234,7 @@ def test_ddp_two_cpu_processes(tmp_path):
         from recipes._distributed import init_distributed, make_loader
         from recipes._loops import train_epoch
         argv = ["--model", "hbnode", "--epochs", "1", "--max-batches", "1", "--batch-size", "4",
-                "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--out", {str(out)!r}]
+                "--rtol", "1e-3", "--atol", "1e-3", "--device", "cpu", "--compile", "off", "--out", {str(out)!r}]
         args = walker2d.make_parser().parse_args(argv)
         # replicas in sync: start from different seeds, train one step on different shards, compare
         ctx = init_distributed("cpu")
