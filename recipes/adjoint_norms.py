@@ -121,7 +121,7 @@ class _AfterCellProbe(nn.Module):
 
 def measure(model: walker2d.StepPredictor, batches: Sequence[dict], *,
             dtype: torch.dtype = torch.float64) -> dict[str, Any]:
-    """Adjoint norms of a trained Walker2D ODE-RNN over ``batches``, measured on a copy of its ODE-RNN in ``dtype``.
+    r"""Adjoint norms of a trained Walker2D ODE-RNN over ``batches``, measured on a copy of its ODE-RNN in ``dtype``.
 
     float64 (the default) resolves norms far below float32's smallest normal number (about 1e-38): ODE-RNN's adjoint
     can fall below it within a 64-step window, where a float32 backward pass carries exact zeros.
