@@ -9,7 +9,7 @@ For each task folder (a folder whose sub-folders hold ``metrics.csv``) it writes
 
 - ``report.md``: per model the parameter count, epochs run, the best-validation epoch and the test loss at that
   epoch, forward and backward NFE per training batch at epochs 1, 10%, 50% and 100% of the run, training seconds per
-  epoch (mean), total hours (training and evaluation), and the status (``failed: ...`` from ``summary.json``); then
+  epoch (median), total hours (training and evaluation), and the status (``failed: ...`` from ``summary.json``); then
   each run's exact command, torch version, machine and date from its ``config.json``.
 - ``report.png``: forward NFE, backward NFE, cumulative training time and test loss against the epoch, one curve per
   model (the panels of the paper's Figs. 7 and 8).
@@ -103,8 +103,8 @@ def model_row(name: str, run: dict) -> dict[str, Any]:
     for f in (0.0, *FRACTIONS):
         r = row_at_fraction(rows, f)
         out[f"nfe_{f:g}"] = (r["forward_nfe"], r["backward_nfe"], r["epoch"]) if r else None
-    secs = [r["seconds"] for r in rows if r.get("seconds") is not None]
-    out["s_per_epoch"] = sum(secs) / len(secs) if secs else None
+    secs = sorted(r["seconds"] for r in rows if r.get("seconds") is not None)
+    out["s_per_epoch"] = (secs[(len(secs) - 1) // 2] + secs[len(secs) // 2]) / 2 if secs else None  # median
     out["hours"] = sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0) for r in rows) / 3600
     out["status"] = f"failed: {summary.get('error', '?')}" if summary.get("failed") else (
         "finished" if summary else "running or stopped")
@@ -126,7 +126,8 @@ def write_report(task: Path, *, title: Optional[str] = None) -> tuple[Path, Path
     lines = [f"# {title}: reproduction report", "",
              "Written by `python -m recipes.report` from the run folders' metrics.csv, summary.json and config.json. "
              "NFEs are means per training batch (forward / backward) at the epoch shown; seconds per epoch are "
-             "training seconds (mean); total hours include evaluation.", "",
+             "training seconds (median over epochs: the first epoch of a run with --compile includes about 20-40 s "
+             "of compiling); total hours include evaluation and compiling.", "",
              "| " + " | ".join(heads) + " |", "| --- " + "| ---: " * (len(heads) - 2) + "| --- |"]
     for t in table:
         cells = [f"{t['label']} (`{t['model']}`)", fmt(t["params"]), fmt(t["epochs"]), fmt(t["best_epoch"]),
