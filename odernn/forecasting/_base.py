@@ -120,7 +120,11 @@ class BaseForecaster(BaseEstimator):
 
     def _future(self, fh: Any, relative: Optional[bool], which: list) -> tuple[np.ndarray, list]:
         ends = self._end_model_time_[which]
-        return parse_fh(fh, relative, self._axis_, ends, [self.series_end_[s] for s in which])
+        return parse_fh(fh, relative, self._axis_, ends, [self.series_end_[s] for s in which],
+                        check=lambda future: self._check_reach(future, which))
+
+    def _check_reach(self, future: np.ndarray, which: list) -> None:
+        """Refuse stamps too far ahead (subclasses with a bound override this)."""
 
     # -- output ----------------------------------------------------------------------------------------------------
     def _output(self, frames: list, which: list, *, point: bool):

@@ -84,8 +84,10 @@ class ODERNNForecaster(BaseForecaster):
         seasonal_period: ``"auto"`` (a year for a DatetimeIndex whose series span two years, else none), None, a
             duration / number, or a list; Fourier terms of these periods join the trend.
         fourier_order: harmonics per seasonal period.
-        trend_halflife: weight observations by ``0.5 ** (age / halflife)`` when fitting the trend (a duration or
-            number of index units; None: equal weights).
+        trend_halflife: weight observations by ``0.5 ** (age / halflife)`` when fitting the deterministic part, so
+            the level and slope that are extrapolated come from recent seasons (a duration or a number of index
+            units; None: equal weights). ``"auto"``: three times the longest seasonal period in use (three years
+            for yearly seasonality), None without seasonality.
         past_covariates: columns of ``X`` observed only in the past; every other column of ``X`` is known in advance
             and must be given to :meth:`predict` at every requested stamp.
         calibration_fraction: share of every series' rows held out to calibrate intervals (0: no intervals).
@@ -133,8 +135,9 @@ class ODERNNForecaster(BaseForecaster):
         "detrend": [Options((True, False))],
         "seasonal_period": [Options(("auto",)), Check(_period_spec, "a duration, a number or a list of them"), None],
         "fourier_order": [Interval(int, 1, None)],
-        "trend_halflife": [Check(lambda v: isinstance(v, (str, int, float, pd.Timedelta)) and not isinstance(v, bool),
-                                 "a duration or a positive number"), None],
+        "trend_halflife": [Options(("auto",)), Check(
+            lambda v: isinstance(v, (str, int, float, pd.Timedelta)) and not isinstance(v, bool),
+            "a duration or a positive number"), None],
         "past_covariates": [InstanceOf((list, tuple), "a list of column names"), None],
         "calibration_fraction": [Interval(float, 0, 0.5, closed="left")],
         "early_stopping": [Options((True, False))],
@@ -156,10 +159,10 @@ class ODERNNForecaster(BaseForecaster):
 
     def __init__(self, dynamics: str = "hbnode", *, hidden_size: int = 16, ode_width: Optional[int] = None,
                  dynamics_kwargs: Optional[dict] = None, context_length: int = 24, horizon: Optional[int] = None,
-                 window_stride: int = 1, windows_per_epoch: Optional[int] = 96, batch_size: int = 8,
-                 max_epochs: int = 40, lr: float = 1e-2, lr_schedule: str = "cosine", weight_decay: float = 0.0,
+                 window_stride: int = 1, windows_per_epoch: Optional[int] = 128, batch_size: int = 16,
+                 max_epochs: int = 30, lr: float = 1e-2, lr_schedule: str = "cosine", weight_decay: float = 0.0,
                  grad_clip: Optional[float] = 1.0, time_unit: Any = None, detrend: bool = True,
-                 seasonal_period: Any = "auto", fourier_order: int = 3, trend_halflife: Any = None,
+                 seasonal_period: Any = "auto", fourier_order: int = 3, trend_halflife: Any = "auto",
                  past_covariates: Optional[Sequence] = None, calibration_fraction: float = 0.15,
                  early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, solver: Optional[Solver] = None, method: Optional[str] = None,
@@ -266,8 +269,14 @@ class ODERNNForecaster(BaseForecaster):
         self._typical_gap_ = float(np.median(np.concatenate([np.diff(t) for t in times])))
         span = max(float(t[-1] - t[0]) for t in times)
         self._periods_ = resolve_periods(self.seasonal_period, axis, span, "seasonal_period")
-        self._halflife_ = None if self.trend_halflife is None else axis.duration(self.trend_halflife,
-                                                                                   "trend_halflife")
+        if isinstance(self.trend_halflife, str) and self.trend_halflife == "auto":
+            self._halflife_ = 3 * max(self._periods_) if self._periods_ else None
+        elif self.trend_halflife is None:
+            self._halflife_ = None
+        else:
+            self._halflife_ = axis.duration(self.trend_halflife, "trend_halflife")
+            if not self._halflife_ > 0:
+                raise ValueError(f"trend_halflife must be a positive duration, got {self.trend_halflife!r}")
         # covariates
         if X is not None:
             origin = axis.origin if axis.kind == "datetime" else None
@@ -590,7 +599,7 @@ class ODERNNForecaster(BaseForecaster):
         self._check_fitted()
         which = self._positions(ids)
         future, indexes = self._future(fh, relative, which)
-        self._check_reach(future, which)
+        self._check_reach(future, which)  # absolute stamps (offsets were checked before building their index)
         xs = self._future_covariates(X, future, indexes, which)
         L = self.context_length_
         preds = []

@@ -245,7 +245,12 @@ class TimeAxis:
     def offset_index(self, end: Any, offsets: np.ndarray) -> pd.Index:
         """Stamps ``end + offsets`` (offsets in model units)."""
         if self.kind == "datetime":
-            ns = np.round(offsets * float(self.unit.value)).astype(np.int64)
+            ns = np.round(offsets * float(self.unit.value))
+            limit = (pd.Timestamp.max.tz_localize(end.tz) - end).value
+            if (ns > limit).any():
+                raise ValueError(f"fh offsets reach past {pd.Timestamp.max.floor('D').date()}, the last date pandas "
+                                 f"can represent; ask for nearer stamps")
+            ns = ns.astype(np.int64)
             return pd.DatetimeIndex(end + pd.to_timedelta(ns, unit="ns"))
         return pd.Index(float(end) + offsets * self.unit)
 
@@ -317,7 +322,7 @@ def _classify_fh(fh: Any) -> tuple[str, Any]:
 
 
 def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray,
-             series_end: Sequence[Any]) -> tuple[np.ndarray, list]:
+             series_end: Sequence[Any], check: Optional[Any] = None) -> tuple[np.ndarray, list]:
     """Model times ``(n_series, F)`` of the requested stamps and each series' output index.
 
     Args:
@@ -326,6 +331,8 @@ def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray
         axis: the fitted time axis.
         ends: (n_series,) model time of every series' last observation.
         series_end: every series' last stamp (labels), for messages and offset indexes.
+        check: called with the model times ``(n_series, F)`` before any output index is built (e.g. to refuse
+            stamps too far ahead before they overflow a timestamp).
     """
     if relative not in (None, True, False):
         raise TypeError(f"relative must be None, True or False, got {relative!r}")
@@ -382,5 +389,7 @@ def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray
         if len(np.unique(offsets)) != len(offsets):
             raise ValueError("fh has duplicate offsets")
         future = ends[:, None] + offsets[None, :]
+        if check is not None:
+            check(future)
         indexes = [axis.offset_index(series_end[s], offsets) for s in range(n)]
     return future, indexes
