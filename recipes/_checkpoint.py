@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ._cli import RESUME_SAFE_FLAGS, RecipeError
+from ._cli import ADDED_SETTINGS, RESUME_SAFE_FLAGS, RecipeError
 from ._distributed import unwrap
 from ._files import atomic_save, jsonable
 from ._random import rng_state, set_rng_state
@@ -155,9 +155,11 @@ def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                          safe: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
     """``{name: (saved, current)}`` for every setting that differs, except :data:`RESUME_SAFE_FLAGS` and ``safe``.
 
-    A setting present on one side only counts as a difference (its other value shown as ``"<absent>"``).
+    A setting present on one side only counts as a difference (its other value shown as ``"<absent>"``), except a
+    setting of :data:`recipes._cli.ADDED_SETTINGS` missing from ``saved``, which counts as its old value.
     """
     skip = RESUME_SAFE_FLAGS | set(safe)
+    saved = {**{k: v for k, v in ADDED_SETTINGS.items() if k not in saved and k in current}, **saved}
     out = {}
     for key in sorted(set(saved) | set(current)):
         if key in skip:
@@ -179,7 +181,7 @@ def check_resume_settings(path: Union[str, os.PathLike], saved: Mapping[str, Any
     if diff:
         flags = ", ".join(f"--{k.replace('_', '-')} (checkpoint: {a!r}, now: {b!r})" for k, (a, b) in diff.items())
         may = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUME_SAFE_FLAGS | set(safe))
-                        if k not in ("argv", "model", "resume", "overwrite"))
+                        if k not in ("argv", "model", "resume", "overwrite", "step_kind"))
         raise CheckpointError(f"--resume refused: the settings differ from those of the checkpoint {path}: {flags}. "
                               f"A resumed run must continue the same run; only {may} may change. Rerun with the "
                               f"checkpoint's values, or start a new run with --overwrite or another --out")

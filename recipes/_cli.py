@@ -36,7 +36,10 @@ class RecipeError(RuntimeError):
 #: shown, where files go). ``data_root``: the loaders verify the registered SHA-256 of every file they read.
 #: ``compile``: the same arithmetic, compiled (results may differ in the last bits).
 RESUME_SAFE_FLAGS = frozenset({"epochs", "threads", "device", "workers", "progress", "resume", "overwrite", "out",
-                               "checkpoint_dir", "data_root", "download", "argv", "model", "compile"})
+                               "checkpoint_dir", "data_root", "download", "argv", "model", "compile", "step_kind"})
+#: Settings added after a run may have started, with the value that reproduces what runs did before they existed: a
+#: checkpoint without them resumes when they have that value now.
+ADDED_SETTINGS = {"method": "dopri5", "step": None}
 
 _DEFAULTS = dict(epochs=500, max_batches=None, max_eval_batches=None, batch_size=64, eval_batch_size=None, lr=1e-3,
                  method="dopri5", rtol=1e-7, atol=1e-7, adjoint=True, step=None, compile="auto", adjoint_clip=None,

@@ -301,3 +301,13 @@ def test_cifar_reader_refuses_an_archive_that_is_not_the_registered_one(tmp_path
     with pytest.raises(ChecksumError):
         _image_data.load_cifar10("test", root=str(tmp_path), download=False, cache=tmp_path / "cache", files=wrong)
     assert not (tmp_path / "cache").exists()  # nothing decoded from an unverified file
+
+
+def test_settings_added_later_resume_with_their_old_value():
+    from recipes._checkpoint import settings_differences
+
+    saved = {"lr": 0.01, "rtol": 1e-3}  # a checkpoint written before --method and --step-fraction existed
+    assert settings_differences(saved, {"lr": 0.01, "rtol": 1e-3, "method": "dopri5", "step": None}) == {}
+    assert settings_differences(saved, {"lr": 0.01, "rtol": 1e-3, "method": "rk4", "step": 0.5}) == {
+        "method": ("dopri5", "rk4"), "step": (None, 0.5)}
+    assert settings_differences(saved, {"lr": 0.01, "rtol": 1e-3, "seed": 1}) == {"seed": ("<absent>", 1)}
