@@ -120,8 +120,9 @@ def run_recipe(spec: RecipeSpec, args: argparse.Namespace) -> dict[str, dict]:
         names = every if args.model == "all" else expand_models(args.model, spec.models)
         if ctx.is_main:  # fail before loading data rather than after the first models
             for name in names:
-                plan_run(out / name, checkpoint_path(args, out / name), resume=args.resume,
-                         overwrite=getattr(args, "overwrite", False))
+                with RunLock(out / name, command=getattr(args, "argv", None)):
+                    plan_run(out / name, checkpoint_path(args, out / name), resume=args.resume,
+                             overwrite=getattr(args, "overwrite", False))
         data = spec.datasets(args)
         missing = {"train", "valid", "test"} - set(data)
         if missing:

@@ -311,3 +311,15 @@ def test_settings_added_later_resume_with_their_old_value():
     assert settings_differences(saved, {"lr": 0.01, "rtol": 1e-3, "method": "rk4", "step": 0.5}) == {
         "method": ("dopri5", "rk4"), "step": (None, 0.5)}
     assert settings_differences(saved, {"lr": 0.01, "rtol": 1e-3, "seed": 1}) == {"seed": ("<absent>", 1)}
+
+
+@pytest.mark.skipif(not (DATA / "plane_vibration").is_dir(), reason="no plane vibration data")
+def test_a_recipe_refuses_a_folder_in_use_before_loading_data(tmp_path, monkeypatch):
+    holder = _hold_lock(tmp_path / "hbnode")
+    monkeypatch.setattr(plane_vibration, "datasets", lambda args: pytest.fail("data loaded for a refused run"))
+    try:
+        with pytest.raises(RunFolderError, match=f"in use by process {holder.pid}"):
+            plane_vibration.main(["--model", "hbnode", "--epochs", "1", "--out", str(tmp_path)])
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
