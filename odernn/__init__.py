@@ -10,7 +10,7 @@ from ._clip import clip_adjoint
 from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics, make_dynamics
 from ._integrate import ODEBlock, SolverError, odesolve
 from ._solver import Solver, SolverConfig
-from ._nfe import NFECount, nfe_counter
+from ._nfe import CountedField, NFECount, nfe_counter
 from ._fused import compile_log
 from ._odernn import MLP, ODERNN, Encoding
 
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ANODE", "GHBNODE", "HBNODE", "NODE", "SONODE", "Dynamics", "make_dynamics",
     "ODEBlock", "Solver", "SolverConfig", "SolverError", "odesolve",
-    "NFECount", "nfe_counter", "clip_adjoint",
+    "NFECount", "nfe_counter", "CountedField", "clip_adjoint",
     "MLP", "ODERNN", "Encoding", "compile_log",
     "ODERNNForecaster",
 ]

@@ -81,6 +81,7 @@ FUSED_METHODS = frozenset(_TABLEAUS)
 
 _SAFETY, _IFACTOR, _DFACTOR = 0.9, 10.0, 0.2  # torchdiffeq's controller constants
 _MAX_NONFINITE = 8  # consecutive non-finite error estimates (each shrinks the step 5x) before giving up
+_MAX_NONFINITE_TOTAL = 32  # ... and in all of one solve (a solution creeping into a region where f is NaN)
 
 
 def fused_supported(cfg: Solver) -> bool:
@@ -153,6 +154,29 @@ class _Solve:
                  phase: str) -> None:
         self.tab, self.cfg, self.norm, self.field, self.n_active, self.phase = tab, cfg, norm, field, n_active, phase
 
+    stepper: Optional[Callable] = None  # a compiled replacement of _step (Solver(compile=True))
+
+    def _step(self, t: float, dt: float, y: List[Tensor], f: List[Tensor]):
+        """One trial step: the stages ``ks``, the new active state and the error ratio (a 0-d tensor, NaN when the
+        new state is not finite)."""
+        tab, n = self.tab, self.n_active
+        ks = [f]
+        yi = y[:n]
+        for alpha, row in zip(tab.nodes, tab.rows):
+            yi = [_combine(y[c], [k[c] for k in ks], row, dt) for c in range(n)]
+            ks.append(self.field(t + alpha * dt, yi))
+        with torch.no_grad():
+            errs = []
+            for c in range(n):
+                err = _combine(torch.zeros((), dtype=y[c].dtype, device=y[c].device), [k[c] for k in ks], tab.err,
+                               dt)
+                tol = torch.maximum(y[c].abs(), yi[c].abs()).mul_(self.cfg.rtol).add_(self.cfg.atol)
+                errs.append(err / tol)
+            ratio_t = self._ratio(errs)
+            for c in range(n):  # a non-finite new state makes the ratio NaN
+                ratio_t = ratio_t + yi[c].sum() * 0.0
+        return ks, yi, ratio_t  # first same as last: the last stage was evaluated at the new state
+
     def _ratio(self, ts: Sequence[Tensor]) -> Tensor:
         r = self.norm(ts[0])
         for x in ts[1:]:
@@ -191,7 +215,7 @@ class _Solve:
         dt = self.initial_step(t_start, y0, f) if first is None else first
         t, y = t_start, y0
         last = None
-        n_steps = bad = 0
+        n_steps = bad = bad_total = 0
         while t_end > t:
             if n_steps >= max_steps:
                 raise SolverError(f"the {self.phase} solve needed more than max_steps={max_steps} steps in one gap; "
@@ -202,28 +226,15 @@ class _Solve:
             if not t + dt > t:
                 raise SolverError(f"the step size underflowed in the {self.phase} solve (dt={dt:.3g}): the dynamics "
                                   f"are too stiff or blowing up at rtol={rtol}, atol={atol}")
-            ks = [f]
-            yi = y[:n]
-            for alpha, row in zip(tab.nodes, tab.rows):
-                yi = [_combine(y[c], [k[c] for k in ks], row, dt) for c in range(n)]
-                ks.append(self.field(t + alpha * dt, yi))
-            y1 = yi  # first same as last: the last stage was evaluated at the new state
-            with torch.no_grad():
-                errs = []
-                for c in range(n):
-                    err = _combine(torch.zeros((), dtype=y[c].dtype, device=y[c].device), [k[c] for k in ks],
-                                   tab.err, dt)
-                    tol = torch.maximum(y[c].abs(), y1[c].abs()).mul_(rtol).add_(atol)
-                    errs.append(err / tol)
-                ratio_t = self._ratio(errs)
-                for c in range(n):  # a non-finite new state makes the ratio NaN: one synchronisation per step
-                    ratio_t = ratio_t + y1[c].sum() * 0.0
-                ratio = float(ratio_t)
+            ks, y1, ratio_t = (self.stepper or self._step)(t, dt, y, f)
+            ratio = float(ratio_t.detach())  # the one host synchronisation of a step
             if not math.isfinite(ratio):
                 bad += 1
-                if bad > _MAX_NONFINITE:
+                bad_total += 1
+                if bad > _MAX_NONFINITE or bad_total > _MAX_NONFINITE_TOTAL:
                     raise SolverError(f"the {self.phase} solve produced a non-finite (NaN or inf) state or error "
-                                      f"estimate {bad} times in a row, even with a {5 ** bad}x smaller step: the "
+                                      f"estimate {bad_total} times ({bad} in a row, the last with a {5 ** bad}x "
+                                      f"smaller step): the "
                                       f"dynamics blew up or returned NaN")
                 dt *= _DFACTOR
                 continue
@@ -308,6 +319,59 @@ def _aug_field(dyn: nn.Module, t: Tensor, z: Tensor, a: Tensor, scale: Tensor, p
     return out, gz, gp
 
 
+def _graph_norm(x: Tensor, rms: bool) -> Tensor:
+    if rms:
+        return x.pow(2).mean().sqrt()
+    return x.reshape(x.shape[0], -1).pow(2).mean(dim=1).sqrt().max()
+
+
+def _stage_sum(base: Tensor, ks: List[Tensor], row: tuple, dt: Tensor) -> Tensor:
+    for c, k in zip(row, ks):
+        if c != 0.0:
+            base = base + (dt * c) * k
+    return base
+
+
+def _dopri5_step(dyn: nn.Module, t: Tensor, y0: Tensor, f0: Tensor, dt: Tensor, scale: Tensor, rtol: float,
+                 atol: float, rms: bool):
+    """One Dormand-Prince trial step of ``dz/ds = scale * f(t, z)`` in one graph (compiled as a whole)."""
+    ks = [f0]
+    yi = y0
+    for row in _DOPRI5.rows:
+        yi = _stage_sum(y0, ks, row, dt)
+        ks.append(dyn(t, yi) * scale)
+    err = _stage_sum(torch.zeros_like(y0), ks, _DOPRI5.err, dt)
+    tol = torch.maximum(y0.abs(), yi.abs()) * rtol + atol
+    return ks[1:], yi, _graph_norm(err / tol, rms) + yi.sum() * 0.0
+
+
+def _dopri5_adjoint_step(dyn: nn.Module, t: Tensor, z0: Tensor, a0: Tensor, fz0: Tensor, fa0: Tensor, dt: Tensor,
+                         scale: Tensor, params: dict, rtol: float, atol: float, rms: bool):
+    """One Dormand-Prince trial step of the adjoint system (reversed time) in one graph: stages of ``z`` and ``a``,
+    the parameter-gradient stages, the new ``z, a`` and the seminorm error ratio."""
+    def g(z, params):
+        return torch.func.functional_call(dyn, params, (t, z)) * scale
+
+    kz, ka, kp = [fz0], [fa0], []
+    zi, ai = z0, a0
+    for row in _DOPRI5.rows:
+        zi = _stage_sum(z0, kz, row, dt)
+        ai = _stage_sum(a0, ka, row, dt)
+        out, pull = torch.func.vjp(g, zi, params)
+        gz, gp = pull(ai)
+        kz.append(-out)
+        ka.append(gz)
+        kp.append(gp)
+    ez = _stage_sum(torch.zeros_like(z0), kz, _DOPRI5.err, dt)
+    ea = _stage_sum(torch.zeros_like(a0), ka, _DOPRI5.err, dt)
+    rz = _graph_norm(ez / (torch.maximum(z0.abs(), zi.abs()) * rtol + atol), rms)
+    ra = _graph_norm(ea / (torch.maximum(a0.abs(), ai.abs()) * rtol + atol), rms)
+    return kz[1:], ka[1:], kp, zi, ai, torch.maximum(rz, ra) + zi.sum() * 0.0 + ai.sum() * 0.0
+
+
+_BASES = {"field": _eval_field, "aug": _aug_field, "step": _dopri5_step, "adjoint step": _dopri5_adjoint_step}
+_KIND_NAMES = {"field": "field", "aug": "adjoint field", "step": "dopri5 step", "adjoint step": "adjoint dopri5 step"}
+
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOG: List[dict] = []
 _WARNED: set = set()
@@ -366,12 +430,12 @@ def _compiled(dyn: nn.Module, kind: str, z: Tensor) -> Optional[Callable]:
                    f"Solver(compile=True): no compiler for {z.device.type} was found (a C++ compiler such as g++ on "
                    f"the CPU, triton on CUDA); running the solver loop eagerly")
         return None
-    base = _eval_field if kind == "field" else _aug_field
-    fn = entry[kind] = torch.compile(_fresh(base, f"{len(_LOG)}_{id(dyn):x}"), dynamic=True)
+    fn = entry[kind] = torch.compile(_fresh(_BASES[kind], f"{len(_LOG)}_{id(dyn):x}"), dynamic=True)
     return fn
 
 
 def _call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable):
+    """Call the compiled ``kind`` of ``dyn`` (timing its first call per shape), or ``eager(*args)`` without one."""
     fn = _compiled(dyn, kind, z)
     if fn is None:
         return eager(*args)
@@ -388,9 +452,9 @@ def _call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Cal
                                                  f"({type(e).__name__}: {e}); running the solver loop eagerly")
         return eager(*args)
     entry["seen"].add(key)
-    _LOG.append(dict(kind="field" if kind == "field" else "adjoint field", dynamics=type(dyn).__name__,
-                     state_shape=tuple(z.shape), dtype=str(z.dtype), device=str(z.device),
-                     grad=torch.is_grad_enabled(), seconds=time.perf_counter() - start))
+    _LOG.append(dict(kind=_KIND_NAMES[kind], dynamics=type(dyn).__name__, state_shape=tuple(z.shape),
+                     dtype=str(z.dtype), device=str(z.device), grad=torch.is_grad_enabled(),
+                     seconds=time.perf_counter() - start))
     return out
 
 
@@ -458,12 +522,48 @@ class _Gap:
 
 
 class _BackwardCount:
-    def __init__(self, counters: tuple) -> None:
-        self.counters = counters
+    def __init__(self, counters: tuple, n: int = 1) -> None:
+        self.counters, self.n = counters, n
 
     def __call__(self, grad: Tensor) -> None:
         for c in self.counters:
-            c.backward += 1
+            c.backward += self.n
+
+
+def _no_compiler(*args):
+    return None
+
+
+def _compiled_stepper(gap: "_Gap", solve: "_Solve", adjoint: bool) -> Callable:
+    """A whole Dormand-Prince trial step compiled with the field (Solver(compile=True), time-independent fields)."""
+    cfg = solve.cfg
+    rms = cfg.norm == "rms"
+    stages = len(_DOPRI5.rows)
+
+    def step(t: float, dt: float, y: List[Tensor], f: List[Tensor]):
+        z = y[0]
+        dt_t = torch.tensor(dt, dtype=z.dtype, device=z.device)
+        if adjoint:
+            params = dict(zip(gap.names, gap.params))
+            out = _call_compiled(gap.dyn, "adjoint step", z, (gap.time(0.0), z, y[1], f[0], f[1], dt_t, gap.scale,
+                                                              params, cfg.rtol, cfg.atol, rms), _no_compiler)
+        else:
+            out = _call_compiled(gap.dyn, "step", z, (gap.time(0.0), z, f[0], dt_t, gap.scale, cfg.rtol, cfg.atol,
+                                                      rms), _no_compiler)
+        if out is None:
+            return solve._step(t, dt, y, f)
+        for _ in range(stages):
+            gap.count(adjoint)
+        if adjoint:
+            kz, ka, kp, z1, a1, ratio = out
+            ks = [f] + [[kz[j], ka[j], *(kp[j][n] for n in gap.names)] for j in range(stages)]
+            return ks, [z1, a1], ratio
+        ks1, y1, ratio = out
+        if gap.counters and y1.requires_grad:
+            y1.register_hook(_BackwardCount(gap.counters, stages))
+        return [f] + [[k] for k in ks1], [y1], ratio
+
+    return step
 
 
 class _AugmentedGap(_Gap):
@@ -504,6 +604,8 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
     tab = _TABLEAUS[cfg.method]
     gap = _Gap(seq, i, "forward")
     solve = _Solve(tab, cfg, cfg.norm_function, gap, 1, "forward")
+    if cfg.compile and cfg.method == "dopri5" and not seq.needs_time:
+        solve.stepper = _compiled_stepper(gap, solve, adjoint=False)
     if tab.err is None:
         (z,) = solve.fixed([z], _grid(cfg.step_fraction, 0.0, 1.0, z.dtype))
         return z, step
@@ -610,6 +712,8 @@ class _SequenceAdjoint(torch.autograd.Function):
                 z_end = zpre[:, i] if probe is None else zpre[:, i] - probe[:, i]
                 aug = _AugmentedGap(seq, i, list(dyn_params), ctx.param_names)
                 solve = _Solve(tab, cfg, cfg.norm_function, aug, 2, "adjoint (backward)")
+                if cfg.compile and cfg.method == "dopri5" and not seq.needs_time:
+                    solve.stepper = _compiled_stepper(aug, solve, adjoint=True)
                 y0 = [z_end, g, *[torch.zeros_like(p) for p in dyn_params]]
                 if tab.err is None:
                     ys = solve.fixed(y0, _grid(cfg.step_fraction, -1.0, 0.0, z_end.dtype))

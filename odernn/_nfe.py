@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from typing import Iterator
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ._dynamics import Dynamics
 
-__all__ = ["NFECount", "nfe_counter"]
+__all__ = ["NFECount", "nfe_counter", "CountedField"]
 
 
 @dataclasses.dataclass
@@ -32,6 +34,47 @@ class NFECount:
         return self.forward + self.backward
 
 
+class CountedField(nn.Module):
+    """Wrap a vector field that you integrate yourself (e.g. with torchcde or torchdiffeq) so that
+    :func:`nfe_counter` counts its evaluations like those of odernn's own solves.
+
+    ``forward(t, z)`` returns ``func(t, z)``. An evaluation counts as *backward* when ``adjoint=True`` and gradients
+    are enabled (an adjoint solve evaluates the field with gradients on, a forward solve under ``no_grad``), else as
+    *forward*; with ``adjoint=False`` each forward evaluation whose output backpropagation passes through also
+    counts once as backward.
+
+    Args:
+        func: the vector field, a module called as ``func(t, z)``.
+        adjoint: whether it is solved with an adjoint method.
+    """
+
+    _nfe_counters: tuple = ()
+
+    def __init__(self, func: nn.Module, *, adjoint: bool) -> None:
+        super().__init__()
+        self.func = func
+        self.adjoint = bool(adjoint)
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        out = self.func(t, z)
+        counters = self._nfe_counters
+        if counters:
+            backward = self.adjoint and torch.is_grad_enabled()
+            for c in counters:
+                if backward:
+                    c.backward += 1
+                else:
+                    c.forward += 1
+            if not self.adjoint and isinstance(out, Tensor) and out.requires_grad:
+                out.register_hook(functools.partial(_count_backward, counters))
+        return out
+
+
+def _count_backward(counters: tuple, grad: Tensor) -> None:
+    for c in counters:
+        c.backward += 1
+
+
 @contextlib.contextmanager
 def nfe_counter(model: nn.Module) -> Iterator[NFECount]:
     """Count the evaluations of every :class:`odernn.Dynamics` inside ``model`` while the context is open.
@@ -43,7 +86,8 @@ def nfe_counter(model: nn.Module) -> Iterator[NFECount]:
             loss.backward()
         print(nfe.forward, nfe.backward)
 
-    Counters nest and are independent: each context counts what happens while it is open (run ``backward()``
+    Counts cover every :class:`odernn.Dynamics` and :class:`odernn.CountedField` inside ``model``. Counters nest and are
+    independent: each context counts what happens while it is open (run ``backward()``
     inside the context to count the backward pass). Nothing is stored on the model after the context closes.
 
     Raises:
@@ -51,9 +95,10 @@ def nfe_counter(model: nn.Module) -> Iterator[NFECount]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"nfe_counter expects a torch.nn.Module, got {type(model).__name__}")
-    dyns = [m for m in model.modules() if isinstance(m, Dynamics)]
+    dyns = [m for m in model.modules() if isinstance(m, (Dynamics, CountedField))]
     if not dyns:
-        raise ValueError(f"{type(model).__name__} contains no odernn dynamics (NODE, ANODE, SONODE, HBNODE, GHBNODE)")
+        raise ValueError(f"{type(model).__name__} contains no odernn dynamics (NODE, ANODE, SONODE, HBNODE, GHBNODE) "
+                         f"and no odernn.CountedField")
     count = NFECount()
     for d in dyns:
         d._nfe_counters = d._nfe_counters + (count,)

@@ -312,12 +312,13 @@ def test_recipe_models_flag():
 @pytest.mark.skipif(not _walker_available(), reason="needs ODERNN_DATA with walker2d/")
 def test_recipe_smoke(tmp_path):
     an = pytest.importorskip("recipes.adjoint_norms")
-    from recipes import _common
+    from recipes._files import read_csv
+    from recipes._loops import TrainingDiverged
 
     summary = an.main(["--models", "node,hbnode", "--epochs", "1", "--max-batches", "1", "--batch-size", "4",
                        "--eval-batch-size", "4", "--rtol", "1e-2", "--atol", "1e-2", "--threads", "1",
                        "--device", "cpu", "--out", str(tmp_path)])
-    rows = _common.read_csv(tmp_path / "adjoint_norms.csv")
+    rows = read_csv(tmp_path / "adjoint_norms.csv")
     assert list(rows[0]) == ["model", "step", "norm"]
     assert len(rows) == 2 * 64
     assert (tmp_path / "adjoint_norms.png").stat().st_size > 0
@@ -335,13 +336,14 @@ def test_recipe_smoke(tmp_path):
 @pytest.mark.skipif(not _walker_available(), reason="needs ODERNN_DATA with walker2d/")
 def test_recipe_records_a_failed_model_and_goes_on(tmp_path, monkeypatch):
     an = pytest.importorskip("recipes.adjoint_norms")
-    from recipes import _common
+    from recipes._files import read_csv
+    from recipes._loops import TrainingDiverged
 
     real = an._train_and_measure
 
     def flaky(name, *a, **kw):
         if name == "node":
-            raise _common.TrainingDiverged("non-finite training loss inf at batch 0")
+            raise TrainingDiverged("non-finite training loss inf at batch 0")
         return real(name, *a, **kw)
 
     monkeypatch.setattr(an, "_train_and_measure", flaky)
@@ -349,6 +351,6 @@ def test_recipe_records_a_failed_model_and_goes_on(tmp_path, monkeypatch):
                        "4", "--rtol", "1e-2", "--atol", "1e-2", "--device", "cpu", "--out", str(tmp_path)])
     assert summary["models"]["node"]["failed"] is True
     assert summary["models"]["ghbnode"]["decay_first_over_last"] > 0
-    rows = _common.read_csv(tmp_path / "adjoint_norms.csv")
+    rows = read_csv(tmp_path / "adjoint_norms.csv")
     assert {r["model"] for r in rows} == {"ghbnode"} and len(rows) == 64
     assert (tmp_path / "adjoint_norms.png").exists()

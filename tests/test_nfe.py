@@ -86,3 +86,37 @@ def test_seminorm_reduces_backward_nfe():
         res[semi] = nfe
     assert res[True].forward == res[False].forward
     assert res[True].backward < res[False].backward, res
+
+
+def test_counted_field_counts_a_solve_odernn_does_not_run():
+    """A field integrated directly with torchdiffeq is counted through odernn.CountedField, forward and backward."""
+    import torchdiffeq
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+            self.calls = 0
+
+        def forward(self, t, z):
+            self.calls += 1
+            return torch.tanh(self.lin(z))
+
+    for adjoint in (True, False):
+        inner = Counting()
+        field = odernn.CountedField(inner, adjoint=adjoint)
+        z0 = torch.randn(4, 3)
+        solve = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+        kw = dict(adjoint_params=tuple(field.parameters())) if adjoint else {}
+        with odernn.nfe_counter(field) as nfe:
+            out = solve(field, z0, torch.tensor([0.0, 1.0]), rtol=1e-6, atol=1e-6, **kw)
+            n_fwd = inner.calls
+            out[-1].sum().backward()
+        assert nfe.forward == n_fwd > 0
+        if adjoint:  # every adjoint evaluation happens during backward
+            assert nfe.backward == inner.calls - n_fwd > 0
+        else:  # the evaluations backpropagation went through (not the initial-step probe)
+            assert 0 < nfe.backward < n_fwd and inner.calls == n_fwd
+    with pytest.raises(ValueError, match="CountedField"):
+        with odernn.nfe_counter(torch.nn.Linear(2, 2)):
+            pass
