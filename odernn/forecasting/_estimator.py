@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -40,6 +41,20 @@ def _period_spec(v: Any) -> bool:
     items = list(v) if isinstance(v, (list, tuple)) else [v]
     return bool(items) and all(isinstance(p, (str, int, float, pd.Timedelta)) and not isinstance(p, bool)
                                for p in items)
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    """torch's intra-op threads set to ``n`` inside the block (None: unchanged), restored after."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _device_ok(v: Any) -> bool:
@@ -99,6 +114,9 @@ class ODERNNForecaster(BaseForecaster):
             (``step_size`` is the fixed step as a fraction of each gap).
         max_forecast_steps: the farthest forecast, in typical gaps (``time_unit_``) after a series' end; farther
             stamps raise ``ValueError`` (forecasting integrates the ODE through the whole distance).
+        num_threads: torch CPU threads while fitting and forecasting (restored afterwards); None keeps torch's
+            setting. The default 1 is fastest for these small networks: two threads on a busy 2-core machine made a
+            fit 9x slower (docs/forecaster.md).
         random_state: seed, ``numpy.random.RandomState`` or None.
         device: torch device.
         verbose: a progress bar (tqdm, or one line per epoch) with the losses.
@@ -152,6 +170,7 @@ class ODERNNForecaster(BaseForecaster):
         "adjoint": [Options((True, False)), None],
         "max_steps": [Interval(int, 1, None), None],
         "max_forecast_steps": [Interval(int, 1, None)],
+        "num_threads": [Interval(int, 1, None), None],
         "random_state": [Interval(int, 0, 2**32 - 1), InstanceOf((np.random.RandomState,), "a RandomState"), None],
         "device": [Check(_device_ok, "a torch device such as 'cpu' or 'cuda'")],
         "verbose": [Options((True, False))],
@@ -168,7 +187,8 @@ class ODERNNForecaster(BaseForecaster):
                  tol: float = 1e-4, solver: Optional[Solver] = None, method: Optional[str] = None,
                  rtol: Optional[float] = None, atol: Optional[float] = None, step_size: Optional[float] = None,
                  adjoint: Optional[bool] = None, max_steps: Optional[int] = None, max_forecast_steps: int = 10_000,
-                 random_state: Any = None, device: Union[str, torch.device] = "cpu", verbose: bool = False) -> None:
+                 num_threads: Optional[int] = 1, random_state: Any = None, device: Union[str, torch.device] = "cpu",
+                 verbose: bool = False) -> None:
         self.dynamics = dynamics
         self.hidden_size = hidden_size
         self.ode_width = ode_width
@@ -202,6 +222,7 @@ class ODERNNForecaster(BaseForecaster):
         self.adjoint = adjoint
         self.max_steps = max_steps
         self.max_forecast_steps = max_forecast_steps
+        self.num_threads = num_threads
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -251,10 +272,15 @@ class ODERNNForecaster(BaseForecaster):
         solver = self._validate_params()
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
             delattr(self, name)  # a failed refit leaves the estimator unfitted, not half-updated
-        data = self._preprocess(y, X)
-        self.solver_ = solver
-        self._train(data)
-        self._calibrate(data)
+        with _threads(self.num_threads):
+            data = self._preprocess(y, X)
+            self.solver_ = solver
+            try:
+                self._train(data)
+                self._calibrate(data)
+            except BaseException:
+                self.__dict__.pop("model_", None)
+                raise
         self.fit_time_ = time.perf_counter() - start
         return self
 
@@ -694,7 +720,8 @@ class ODERNNForecaster(BaseForecaster):
             TypeError, ValueError: a bad ``fh``, stamps not after a series' end, unknown ids, missing covariates,
                 or stamps beyond ``max_forecast_steps``.
         """
-        which, indexes, _, preds = self._point(fh, X, relative, ids)
+        with _threads(self.num_threads):
+            which, indexes, _, preds = self._point(fh, X, relative, ids)
         frames = [pd.DataFrame(p, index=idx, columns=self.columns_) for p, idx in zip(preds, indexes)]
         return self._output(frames, which, point=True)
 
@@ -710,7 +737,8 @@ class ODERNNForecaster(BaseForecaster):
     def _quantile_frames(self, fh: Any, X: Any, relative: Optional[bool], ids: Any,
                          levels: list) -> tuple[list, list, list]:
         cal = self._require_calibration()
-        which, indexes, future, preds = self._point(fh, X, relative, ids)
+        with _threads(self.num_threads):
+            which, indexes, future, preds = self._point(fh, X, relative, ids)
         out = []
         for s, f, p in zip(which, future, preds):
             dist = (f - self._end_model_time_[s]) / self._typical_gap_
