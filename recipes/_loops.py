@@ -71,21 +71,14 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def nfe_counter_for(model: nn.Module):
-    """The NFE context manager for ``model``: ``model.nfe_counter()`` if the (unwrapped) model defines one, else
-    :func:`odernn.nfe_counter` if it contains odernn dynamics, else the ``nfe_counter()`` of the first submodule that
-    defines one (models not built on odernn dynamics, e.g. the Neural CDE baseline inside a wrapper).
-    The context yields an object with ``forward`` and ``backward`` counts."""
-    inner = unwrap(model)
-    custom = getattr(inner, "nfe_counter", None)
-    if callable(custom):
-        return custom()
-    if any(isinstance(m, odernn.Dynamics) for m in inner.modules()):
-        return odernn.nfe_counter(model)
-    for m in inner.modules():  # e.g. a wrapper around a model that counts its own evaluations
-        custom = getattr(m, "nfe_counter", None)
-        if callable(custom):
-            return custom()
-    raise ValueError(f"{type(inner).__name__} contains no odernn dynamics and no module with an nfe_counter()")
+    """The NFE context manager for ``model`` (DDP wrappers included): :func:`odernn.nfe_counter` of the model, which
+    counts every :class:`odernn.Dynamics` inside it (the ODE-RNNs, the continuous-depth layers, the Neural CDE's
+    field). The context yields an :class:`odernn.NFECount` (``forward``, ``backward``).
+
+    Raises:
+        ValueError: if the model contains no odernn dynamics (nothing to count).
+    """
+    return odernn.nfe_counter(unwrap(model))
 
 
 def _split_loss(out: Union[Tensor, Mapping[str, Tensor]]) -> tuple[Tensor, dict[str, float]]:

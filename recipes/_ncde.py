@@ -15,17 +15,16 @@ Forecasting (plane vibration): future stamps are appended to the path with their
 values held constant*, so after the last observation only the time channel moves and the CDE continues as an ODE in
 time, without seeing any future value.
 
-NFEs are counted like :func:`odernn.nfe_counter` does for the ODE-RNNs: with the adjoint method, evaluations made
-with gradients enabled are the backward (adjoint) solve's; with direct backpropagation each forward evaluation's
-backward pass is counted by a hook. The solver settings are one :class:`odernn.Solver`, as for the ODE-RNNs: step-size
-control uses its norm (``Solver.norm_function``: by default the max over the batch of each sample's RMS) and, with
-the adjoint, the seminorm (Kidger et al. 2021).
+The CDE is an :class:`odernn.Dynamics` (:class:`CDEField`, ``dz/ds = f(z) dX/ds``) solved by
+:func:`odernn.odesolve` with the run's :class:`odernn.Solver`, like every other model of the recipes: the same step-size
+control (``Solver.norm_function``, the seminorm on the adjoint), the same errors (:class:`odernn.SolverError`), and NFEs
+counted by :func:`odernn.nfe_counter`. torchcde provides the interpolation of the control path.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Optional
+import functools
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,39 +32,36 @@ import torchcde
 
 import odernn
 
-__all__ = ["NeuralCDE", "ncde_width_for", "ncde_num_params"]
+__all__ = ["CDEField", "NeuralCDE", "ncde_width_for", "ncde_num_params"]
 
 
-class _VectorField(nn.Module):
-    """``f(z)``: (B, H) -> (B, H, C), ``H -> width -> ReLU -> H*C -> tanh`` (tanh bounds the field, as usual for
-    Neural CDEs)."""
+class CDEField(odernn.Dynamics):
+    r"""The CDE as an ODE in the control's parameter: ``dz/ds = f(z) dX/ds``, with ``f``: (B, H) -> (B, H, C),
+    ``H -> width -> ReLU -> H*C -> tanh`` (tanh bounds the field, as usual for Neural CDEs).
 
-    def __init__(self, hidden_size: int, channels: int, width: int, adjoint: bool) -> None:
-        super().__init__()
+    The control path ``X`` (a torchcde spline with ``C`` channels) is set per solve in :attr:`path`; the adjoint
+    (backward) solve reads it again, so :class:`NeuralCDE` restores its own path when the backward pass reaches it.
+
+    Shapes:
+        ``forward(s, z)``: ``s`` a 0-d tensor, ``z`` (B, H) -> (B, H).
+    """
+
+    def __init__(self, hidden_size: int, channels: int, width: int) -> None:
+        super().__init__(nn.Sequential(nn.Linear(hidden_size, width), nn.ReLU(),
+                                       nn.Linear(width, hidden_size * channels), nn.Tanh()))
         self.hidden_size, self.channels = hidden_size, channels
-        self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.ReLU(), nn.Linear(width, hidden_size * channels),
-                                 nn.Tanh())
-        self.adjoint = adjoint
-        self.counters: tuple[odernn.NFECount, ...] = ()
+        self.path: Optional[torchcde.CubicSpline] = None
 
     def forward(self, s: Tensor, z: Tensor) -> Tensor:
-        out = self.net(z).view(z.shape[0], self.hidden_size, self.channels)
-        if self.counters:
-            backward = self.adjoint and torch.is_grad_enabled()
-            for c in self.counters:
-                if backward:
-                    c.backward += 1
-                else:
-                    c.forward += 1
-            if not self.adjoint and out.requires_grad:
-                counters = self.counters
+        if self.path is None:
+            raise RuntimeError("CDEField has no control path: set field.path to a torchcde spline before solving")
+        dx = self.path.derivative(s).to(z.dtype)  # (B, C)
+        f = self.net(z).view(z.shape[0], self.hidden_size, self.channels)
+        return (f @ dx.unsqueeze(-1)).squeeze(-1)
 
-                def hook(grad: Tensor) -> None:
-                    for c in counters:
-                        c.backward += 1
 
-                out.register_hook(hook)
-        return out
+def _restore_path(field: CDEField, path: torchcde.CubicSpline, grad: Tensor) -> None:
+    field.path = path
 
 
 def ncde_num_params(input_size: int, hidden_size: int, width: int, output_size: int) -> int:
@@ -94,7 +90,7 @@ class NeuralCDE(nn.Module):
         solver: how the CDE is solved, as an :class:`odernn.Solver` (default ``Solver()``: dopri5, rtol 1e-3,
             atol 1e-4, adjoint with the seminorm, the per-sample norm); ``solver_changes`` (``rtol=``, ...) override
             its fields. Fixed-grid methods take ``step_fraction`` (or ``step_size``) in units of the observation
-            index, i.e. a fraction of each gap. ``fused``/``compile`` do not apply (torchcde solves the CDE).
+            index, i.e. a fraction of each gap. ``fused``/``compile`` do not apply (they serve the ODE-RNN loop).
         time_scale: factor ``tau`` on the time channel (times are taken relative to each sample's first observation).
         input_mean, input_std: optional (k,) statistics (e.g. of the training inputs) that standardise the values
             before they enter the path (fixed buffers, not learned). A path that moves by several units per step
@@ -122,7 +118,7 @@ class NeuralCDE(nn.Module):
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         channels = input_size + 1
         self.initial = nn.Linear(channels, hidden_size)
-        self.field = _VectorField(hidden_size, channels, width, self.solver.adjoint)
+        self.field = CDEField(hidden_size, channels, width)
         self.readout = nn.Linear(hidden_size, output_size)
         self.time_scale = float(time_scale)
         mean = torch.zeros(input_size) if input_mean is None else torch.as_tensor(input_mean, dtype=torch.float32)
@@ -132,16 +128,6 @@ class NeuralCDE(nn.Module):
                              f"{tuple(mean.shape)} and {tuple(std.shape)}")
         self.register_buffer("input_mean", mean.clone())
         self.register_buffer("input_std", std.clone())
-
-    @contextlib.contextmanager
-    def nfe_counter(self) -> Iterator[odernn.NFECount]:
-        """Count vector-field evaluations (``forward``, ``backward``) while open; run ``backward()`` inside."""
-        count = odernn.NFECount()
-        self.field.counters = self.field.counters + (count,)
-        try:
-            yield count
-        finally:
-            self.field.counters = tuple(c for c in self.field.counters if c is not count)
 
     def _path(self, x: Tensor, t: Tensor) -> Tensor:
         rel = (t - t[:, :1]) * self.time_scale
@@ -173,18 +159,18 @@ class NeuralCDE(nn.Module):
         coeffs = torchcde.hermite_cubic_coefficients_with_backward_differences(path)
         X = torchcde.CubicSpline(coeffs)
         z0 = self.initial(X.evaluate(X.interval[0]))
-        # The path is a cubic polynomial between knots but only C1 across them: restarting the step at every knot
-        # (jump_t) keeps adaptive steps long inside each piece instead of shrinking them around every knot.
         knots, cfg = X.grid_points, self.solver
         if cfg.adaptive:
-            opts = {"norm": cfg.norm_function, "max_num_steps": cfg.max_steps, "jump_t": knots}
-            adj = {"max_num_steps": cfg.max_steps, "jump_t": knots, **({"norm": "seminorm"} if cfg.seminorm else {})}
-        else:
-            opts = adj = {"step_size": cfg.step_fraction or cfg.step_size}
-        kw = dict(rtol=cfg.rtol, atol=cfg.atol, method=cfg.method, options=opts)
-        if cfg.adjoint:
-            kw.update(adjoint_options=dict(adj), adjoint_params=tuple(self.field.parameters()))
-        z = torchcde.cdeint(X=X, func=self.field, z0=z0, t=knots, adjoint=cfg.adjoint, **kw)  # (B, S, H)
+            # the path is a cubic polynomial between knots but only C1 across them: restarting the step at every knot
+            # (jump_t) keeps adaptive steps long inside each piece instead of shrinking them around every knot
+            cfg = cfg.replace(options={**dict(cfg.options), "jump_t": knots - knots[0]})
+        else:  # fixed grid: the step is a fraction of each gap, i.e. of one unit of the observation index
+            cfg = cfg.replace(step_size=cfg.step_fraction or cfg.step_size, step_fraction=None)
+        self.field.path = X
+        z = odernn.odesolve(self.field, z0, knots, solver=cfg)  # (B, S, H)
+        if cfg.adjoint and z.requires_grad:
+            # another forward may run before this one's backward: give the adjoint solve this call's path back
+            z.register_hook(functools.partial(_restore_path, self.field, X))
         y = self.readout(z)
         if t_future is None:
             return y
