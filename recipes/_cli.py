@@ -111,7 +111,8 @@ class RecipeParser(argparse.ArgumentParser):
             try:
                 solver_from_args(ns).check_fixed_step(in_gaps=ns.step_kind == "fraction")
             except ValueError as e:
-                self.error(f"solver flags: {e}")
+                flag = "--step-fraction" if ns.step_kind == "fraction" else "--step-size"
+                self.error(f"solver flags: {e}" + (f" (on the command line: {flag})" if "step" in str(e) else ""))
         return ns, extra
 
 
