@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..data import IrregularSeriesDataset, TimeEncoder
+from ..data import IrregularSeriesDataset, encode_times, parse_time_unit
 
 __all__ = ["Panel", "TimeAxis", "read_panel", "parse_fh", "ID_COL", "TIME_COL"]
 
@@ -158,7 +158,7 @@ def _frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
     keep = ~df.isna().all(axis=1).to_numpy()
     if allow_empty and not keep.any():
         if kind == "datetime":
-            t = TimeEncoder("s", origin=origin).fit([]).to_float(df.index)
+            t = encode_times(df.index, unit="s", origin=origin)[0]
         else:
             t = np.asarray(df.index, dtype=np.float64)
         return t[:0], np.zeros((0, df.shape[1])), df.index[:0]
@@ -172,24 +172,16 @@ def _frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
 
 
 def _as_timedelta(unit: Any) -> pd.Timedelta:
-    """A positive duration from a Timedelta-like or a unit string (``"D"``, ``"7D"``, ``"h"``)."""
-    try:
-        if isinstance(unit, str) and not any(ch.isdigit() for ch in unit):
-            step = pd.Timedelta(1, unit=unit)
-        elif isinstance(unit, (str, pd.Timedelta, _dt.timedelta, np.timedelta64)):
-            step = pd.Timedelta(unit)
-        else:
-            raise TypeError
-    except (TypeError, ValueError):
-        raise ValueError(f"with a DatetimeIndex, time_unit must be None, a pd.Timedelta or a duration string such "
-                         f"as 'D' or '7D', got {unit!r}") from None
-    if not step > pd.Timedelta(0):
-        raise ValueError(f"time_unit must be a positive duration, got {step}")
-    return step
+    """A positive duration in the library's one time-unit vocabulary (:func:`odernn.data.parse_time_unit`)."""
+    if isinstance(unit, (int, float)) and not isinstance(unit, bool):
+        raise ValueError(f"with a DatetimeIndex, time_unit must be None or a duration ('D', '7D', pd.Timedelta), "
+                         f"got the number {unit!r}")
+    return parse_time_unit(unit)
 
 
 class TimeAxis:
-    """Model time of a fitted forecaster: ``(stamp - origin) / unit``, in float64.
+    """Model time of a fitted forecaster: ``(stamp - origin) / unit``, in float64, through
+    :func:`odernn.data.encode_times` (integer nanoseconds for datetimes, so epoch-scale stamps keep their gaps).
 
     Args:
         kind: ``"datetime"`` or ``"numeric"``.
@@ -199,7 +191,6 @@ class TimeAxis:
 
     def __init__(self, kind: str, unit: Any, origin: Any) -> None:
         self.kind, self.unit, self.origin = kind, unit, origin
-        self._encoder = TimeEncoder(unit, origin=origin).fit([]) if kind == "datetime" else None
 
     @classmethod
     def from_panel(cls, panel: Panel, time_unit: Any) -> "TimeAxis":
@@ -239,8 +230,12 @@ class TimeAxis:
     def from_index(self, index: Any) -> np.ndarray:
         """Stamps (DatetimeIndex or numbers) to model time."""
         if self.kind == "datetime":
-            return self._encoder.to_float(index)
-        return (np.asarray(index, dtype=np.float64) - self.origin) / self.unit
+            idx = pd.DatetimeIndex(index)
+            if (idx.tz is None) != (self.origin.tz is None):
+                raise ValueError(f"stamps are {'naive' if idx.tz is None else 'timezone-aware'} but the training "
+                                 f"index is not; use the training index's time zone")
+            return encode_times(idx, unit=self.unit, origin=self.origin)[0]
+        return encode_times(np.asarray(index, dtype=np.float64), unit=self.unit, origin=self.origin)[0]
 
     def offset_index(self, end: Any, offsets: np.ndarray) -> pd.Index:
         """Stamps ``end + offsets`` (offsets in model units)."""
