@@ -1,0 +1,99 @@
+"""sktime interoperability (optional extra: ``pip install sktime``).
+
+:class:`ODERNNSktimeForecaster` wraps an :class:`ODERNNForecaster` as an sktime forecaster, so sktime's
+``evaluate``, splitters, pipelines and tuning accept it::
+
+    from sktime.forecasting.model_evaluation import evaluate
+    from sktime.split import ExpandingWindowSplitter
+    from odernn.forecasting.sktime_adapter import ODERNNSktimeForecaster
+
+    f = ODERNNSktimeForecaster(ODERNNForecaster(max_epochs=10, random_state=0))
+    evaluate(f, ExpandingWindowSplitter(fh=[1, 2, 3], initial_window=150, step_length=20), y)
+
+Limitation (sktime's, measured with sktime 1.2.0): sktime converts every horizon to steps of the index's frequency,
+so it needs a ``DatetimeIndex`` with a frequency (or an integer index) even for absolute stamps; on an irregular
+``DatetimeIndex`` it fails inside ``ForecastingHorizon`` before reaching the forecaster. For irregular stamps use
+:class:`ODERNNForecaster` and :func:`odernn.forecasting.backtest` directly. Importing this module without sktime
+raises ``ImportError`` with the install command.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pandas as pd
+
+try:
+    from sktime.forecasting.base import BaseForecaster as _SktimeBase
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("odernn.forecasting.sktime_adapter needs sktime: pip install sktime") from e
+
+from ._estimator import ODERNNForecaster
+
+__all__ = ["ODERNNSktimeForecaster"]
+
+
+class ODERNNSktimeForecaster(_SktimeBase):
+    """An :class:`ODERNNForecaster` behind sktime's forecaster interface.
+
+    Args:
+        forecaster: the (unfitted) :class:`ODERNNForecaster` to use; None means the defaults. It is cloned on fit.
+
+    Attributes:
+        forecaster_ (ODERNNForecaster): the fitted forecaster.
+    """
+
+    _tags = {
+        "scitype:y": "both",
+        "y_inner_mtype": "pd.DataFrame",
+        "X_inner_mtype": "pd.DataFrame",
+        "ignores-exogeneous-X": False,
+        "capability:missing_values": True,
+        "capability:pred_int": True,
+        "capability:insample": False,
+        "requires-fh-in-fit": False,
+        "X-y-must-have-same-index": False,
+        "authors": ["odernn"],
+        "python_dependencies": "torch",
+    }
+
+    def __init__(self, forecaster: Optional[ODERNNForecaster] = None) -> None:
+        self.forecaster = forecaster
+        super().__init__()
+
+    def _fit(self, y: pd.DataFrame, X: Optional[pd.DataFrame] = None, fh: Any = None) -> "ODERNNSktimeForecaster":
+        from sklearn.base import clone
+
+        base = self.forecaster if self.forecaster is not None else ODERNNForecaster()
+        self.forecaster_ = clone(base).fit(y, X)
+        return self
+
+    def _stamps(self, fh: Any) -> pd.Index:
+        return pd.Index(fh.to_absolute_index(self.cutoff))
+
+    def _predict(self, fh: Any, X: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+        return self.forecaster_.predict(self._stamps(fh), X, relative=False)
+
+    def _update(self, y: pd.DataFrame, X: Optional[pd.DataFrame] = None, update_params: bool = True):
+        """Append the observations after the current end (the network is not retrained; the deterministic part
+        is refitted on the longer history, see :meth:`ODERNNForecaster.update`)."""
+        end = self.forecaster_.series_end_[0]
+        new = y[y.index > end]
+        if len(new) and not new.isna().all(axis=None):
+            x_new = None if X is None else X[X.index > end]
+            self.forecaster_.update(new, x_new)
+        return self
+
+    def _predict_interval(self, fh: Any, X: Optional[pd.DataFrame] = None, coverage: Any = 0.9) -> pd.DataFrame:
+        return self.forecaster_.predict_interval(self._stamps(fh), X, coverage=list(coverage), relative=False)
+
+    def _predict_quantiles(self, fh: Any, X: Optional[pd.DataFrame] = None, alpha: Any = None) -> pd.DataFrame:
+        return self.forecaster_.predict_quantiles(self._stamps(fh), X, alpha=sorted(alpha), relative=False)
+
+    @classmethod
+    def get_test_params(cls, parameter_set: str = "default"):
+        """Small, fast settings for sktime's own estimator checks."""
+        return [{"forecaster": ODERNNForecaster(hidden_size=4, context_length=6, horizon=3, max_epochs=1,
+                                                batch_size=8, windows_per_epoch=8, random_state=0)},
+                {"forecaster": ODERNNForecaster("node", hidden_size=3, context_length=5, horizon=2, max_epochs=1,
+                                                batch_size=4, windows_per_epoch=4, random_state=1)}]
