@@ -105,9 +105,13 @@ class RunLock:
         """Take the lock or raise :class:`RunFolderError` naming the process that holds it."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this RunLock")
-        self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunFolderError(f"cannot create the lock file {self.path} ({e.strerror or e}): the run folder must "
+                                     f"be writable; choose another --out") from None
             try:
                 held = self._try_lock(fd)
                 if held is not None:

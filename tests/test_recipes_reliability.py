@@ -323,3 +323,9 @@ def test_a_recipe_refuses_a_folder_in_use_before_loading_data(tmp_path, monkeypa
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
+
+
+def test_a_run_folder_that_cannot_be_created_is_a_clear_error(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(RunFolderError, match="cannot create the lock file .*a_file/hbnode/.lock.*must be writable"):
+        RunLock(tmp_path / "a_file" / "hbnode").acquire()
