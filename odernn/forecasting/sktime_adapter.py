@@ -41,13 +41,21 @@ class ODERNNSktimeForecaster(_SktimeBase):
 
     Attributes:
         forecaster_ (ODERNNForecaster): the fitted forecaster.
+
+    Example:
+        >>> import numpy as np, pandas as pd
+        >>> from odernn.forecasting import ODERNNForecaster
+        >>> from odernn.forecasting.sktime_adapter import ODERNNSktimeForecaster
+        >>> y = pd.DataFrame({"y": np.sin(np.arange(80) / 5)}, index=pd.date_range("2020-01-05", periods=80, freq="W"))
+        >>> f = ODERNNSktimeForecaster(ODERNNForecaster(hidden_size=4, max_epochs=1, random_state=0)).fit(y)
+        >>> f.predict(fh=[1, 2]).shape
+        (2, 1)
     """
 
     _tags = {
         "scitype:y": "both",
         "y_inner_mtype": "pd.DataFrame",
         "X_inner_mtype": "pd.DataFrame",
-        "ignores-exogeneous-X": False,
         "capability:missing_values": True,
         "capability:pred_int": True,
         "capability:insample": False,
@@ -61,39 +69,62 @@ class ODERNNSktimeForecaster(_SktimeBase):
         self.forecaster = forecaster
         super().__init__()
 
+    @staticmethod
+    def _times(index: pd.Index) -> pd.Index:
+        """odernn's time index for sktime's: periods become their start timestamps."""
+        return index.to_timestamp() if isinstance(index, pd.PeriodIndex) else index
+
+    def _frame(self, df: Optional[pd.DataFrame], prefix: str = "") -> Optional[pd.DataFrame]:
+        if df is None:
+            return None
+        out = df.set_axis(self._times(df.index), axis=0)
+        return out.set_axis([f"{prefix}{c}" for c in df.columns], axis=1) if prefix else out
+
     def _fit(self, y: pd.DataFrame, X: Optional[pd.DataFrame] = None, fh: Any = None) -> "ODERNNSktimeForecaster":
         from sklearn.base import clone
 
         base = self.forecaster if self.forecaster is not None else ODERNNForecaster()
-        self.forecaster_ = clone(base).fit(y, X)
+        # covariates get a prefix so that they never clash with the targets' column names
+        self.forecaster_ = clone(base).fit(self._frame(y), self._frame(X, "X:"))
         return self
 
-    def _stamps(self, fh: Any) -> pd.Index:
-        return pd.Index(fh.to_absolute_index(self.cutoff))
+    def _stamps(self, fh: Any) -> tuple[pd.Index, pd.Index]:
+        index = fh.to_absolute_index(self.cutoff)
+        return pd.Index(self._times(index)), index
 
     def _predict(self, fh: Any, X: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-        return self.forecaster_.predict(self._stamps(fh), X, relative=False)
+        stamps, index = self._stamps(fh)
+        out = self.forecaster_.predict(stamps, self._frame(X, "X:"), relative=False)
+        return out.set_axis(index, axis=0)
 
     def _update(self, y: pd.DataFrame, X: Optional[pd.DataFrame] = None, update_params: bool = True):
         """Append the observations after the current end (the network is not retrained; the deterministic part
         is refitted on the longer history, see :meth:`ODERNNForecaster.update`)."""
+        y, X = self._frame(y), self._frame(X, "X:")
         end = self.forecaster_.series_end_[0]
         new = y[y.index > end]
         if len(new) and not new.isna().all(axis=None):
-            x_new = None if X is None else X[X.index > end]
-            self.forecaster_.update(new, x_new)
+            self.forecaster_.update(new, None if X is None else X[X.index > end])
         return self
 
     def _predict_interval(self, fh: Any, X: Optional[pd.DataFrame] = None, coverage: Any = 0.9) -> pd.DataFrame:
-        return self.forecaster_.predict_interval(self._stamps(fh), X, coverage=list(coverage), relative=False)
+        stamps, index = self._stamps(fh)
+        out = self.forecaster_.predict_interval(stamps, self._frame(X, "X:"), coverage=list(coverage),
+                                                relative=False)
+        return out.set_axis(index, axis=0)
 
     def _predict_quantiles(self, fh: Any, X: Optional[pd.DataFrame] = None, alpha: Any = None) -> pd.DataFrame:
-        return self.forecaster_.predict_quantiles(self._stamps(fh), X, alpha=sorted(alpha), relative=False)
+        stamps, index = self._stamps(fh)
+        out = self.forecaster_.predict_quantiles(stamps, self._frame(X, "X:"), alpha=sorted(alpha), relative=False)
+        return out.set_axis(index, axis=0)
 
     @classmethod
     def get_test_params(cls, parameter_set: str = "default"):
         """Small, fast settings for sktime's own estimator checks."""
+        # sktime's test series are short: hold out 40% so that intervals can be calibrated
         return [{"forecaster": ODERNNForecaster(hidden_size=4, context_length=6, horizon=3, max_epochs=1,
-                                                batch_size=8, windows_per_epoch=8, random_state=0)},
+                                                batch_size=8, windows_per_epoch=8, calibration_fraction=0.4,
+                                                random_state=0)},
                 {"forecaster": ODERNNForecaster("node", hidden_size=3, context_length=5, horizon=2, max_epochs=1,
-                                                batch_size=4, windows_per_epoch=4, random_state=1)}]
+                                                batch_size=4, windows_per_epoch=4, calibration_fraction=0.4,
+                                                random_state=1)}]
