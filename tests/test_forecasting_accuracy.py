@@ -54,8 +54,11 @@ def baselines(train, test):
     """MAE of last value, seasonal naive (the training value nearest to one year before) and SeasonalRegression."""
     near = [np.abs((train.index - (s - YEAR)).total_seconds()).argmin() for s in test.index]
     regression = SeasonalRegression().fit(train).predict(test.index)["y"]
+    # the forecaster's own deterministic part alone (recency weights with a three-year half-life): an ablation
+    weighted = SeasonalRegression(trend_halflife="1095.73D").fit(train).predict(test.index)["y"]
     return dict(last_value=mae(np.full(len(test), train["y"].iloc[-1]), test),
-                seasonal_naive=mae(train["y"].to_numpy()[near], test), seasonal_regression=mae(regression, test))
+                seasonal_naive=mae(train["y"].to_numpy()[near], test), seasonal_regression=mae(regression, test),
+                weighted_regression=mae(weighted, test))
 
 
 def run(seed, **kw):
@@ -72,7 +75,7 @@ def run(seed, **kw):
 
 @pytest.mark.slow
 def test_defaults_beat_the_seasonal_regression():
-    # Measured (docs/forecaster.md): hbnode MAE 0.354 / 0.277 / 0.240 vs regression 0.826 / 0.410 / 0.389.
+    # Measured (docs/forecaster.md): hbnode MAE 0.201 / 0.166 / 0.215 vs regression 0.239 / 0.620 / 0.294.
     torch.set_num_threads(1)
     for seed in (0, 1, 2):
         train, test = split(long_seasonal(seed))
@@ -83,14 +86,15 @@ def test_defaults_beat_the_seasonal_regression():
 
 @pytest.mark.slow
 def test_fit_time_1900_weekly_points():
-    # 1,900 irregular weekly stamps (about 39 years), default settings, one thread: measured 35-45 s.
-    torch.set_num_threads(1)
+    # 1,900 irregular weekly stamps (about 39 years), default settings (one torch thread while fitting): measured
+    # 15.7-28 s of CPU time (22-37 s wall on a machine shared with other jobs). CPU time is asserted: wall time
+    # depends on what else runs.
     df = long_seasonal(11, n=1900)
     assert len(df) == 1900
-    start = time.perf_counter()
+    start = time.process_time()
     est = ODERNNForecaster(random_state=0).fit(df)
-    assert time.perf_counter() - start < 60
-    assert est.n_epochs_ == 40
+    assert time.process_time() - start < 60
+    assert est.n_epochs_ == 30
 
 
 def main():

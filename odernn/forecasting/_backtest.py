@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from ._frames import ID_COL, TIME_COL, as_frames, _index_kind
+from ._frames import ID_COL, TIME_COL, as_frames, index_kind
 
 __all__ = ["backtest"]
 
@@ -95,7 +95,7 @@ def backtest(forecaster: Any, y: Any, X: Any = None, *, initial: Any, step: Any,
     if coverage is not None and not (isinstance(coverage, float) and 0 < coverage < 1):
         raise ValueError(f"coverage must be None or a float in (0, 1), got {coverage!r}")
     ids, frames, layout, _ = as_frames(y)
-    kind = _index_kind(frames[0].index, "y")
+    kind = index_kind(frames[0].index, "y")
     initial = _duration(initial, kind, "initial")
     step = _duration(step, kind, "step")
     horizon = _duration(horizon, kind, "horizon")

@@ -3,7 +3,7 @@ per-series selection, and returning forecasts in the layout ``fit`` got."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd

@@ -38,6 +38,8 @@ class SeasonalRegression(BaseForecaster):
         fourier_order: harmonics per period.
         trend_degree: degree of the polynomial trend (1: a line).
         time_unit: model time unit (default: the median gap); it does not change the fit.
+        trend_halflife: weight observations by ``0.5 ** (age / halflife)`` (a duration or a number of index units;
+            default None: ordinary least squares, the baseline of the issue).
 
     Attributes:
         regression_ (list): per series, the fitted coefficients (``coef`` (terms, k)) and design.
@@ -47,16 +49,19 @@ class SeasonalRegression(BaseForecaster):
         "seasonal_period": [Options(("auto",)), Check(_period_spec, "a duration, a number or a list of them"), None],
         "fourier_order": [Interval(int, 1, None)],
         "trend_degree": [Interval(int, 0, 3)],
+        "trend_halflife": [Check(lambda v: isinstance(v, (str, int, float, pd.Timedelta)) and not isinstance(v, bool),
+                                 "a duration or a positive number"), None],
         "time_unit": [Check(lambda v: isinstance(v, (str, int, float, pd.Timedelta)) and not isinstance(v, bool),
                             "a duration or a positive number"), None],
     }
 
     def __init__(self, seasonal_period: Any = "auto", *, fourier_order: int = 3, trend_degree: int = 1,
-                 time_unit: Any = None) -> None:
+                 time_unit: Any = None, trend_halflife: Any = None) -> None:
         self.seasonal_period = seasonal_period
         self.fourier_order = fourier_order
         self.trend_degree = trend_degree
         self.time_unit = time_unit
+        self.trend_halflife = trend_halflife
 
     def fit(self, y: Any, X: Any = None) -> "SeasonalRegression":
         """Fit every series of ``y`` (a frame or Series indexed by time, a list of them, or a long frame).
@@ -70,6 +75,8 @@ class SeasonalRegression(BaseForecaster):
         span = max(float(t[-1] - t[0]) for t in times)
         periods = resolve_periods(self.seasonal_period, axis, span, "seasonal_period")
         self._periods_ = periods
+        self._halflife_ = None if self.trend_halflife is None else axis.duration(self.trend_halflife,
+                                                                                   "trend_halflife")
         self._history_ = [(t, v) for t, v in zip(times, panel.values)]
         self.regression_ = [self._fit_one(t, v) for t, v in self._history_]
         self._end_model_time_ = np.array([t[-1] for t in times])
@@ -77,7 +84,8 @@ class SeasonalRegression(BaseForecaster):
         return self
 
     def _fit_one(self, t: np.ndarray, v: np.ndarray) -> Deterministic:
-        return Deterministic(int(self.trend_degree), self._periods_, int(self.fourier_order)).fit(t, v)
+        return Deterministic(int(self.trend_degree), self._periods_, int(self.fourier_order),
+                             self._halflife_).fit(t, v)
 
     def update(self, y: Any, X: Any = None) -> "SeasonalRegression":
         """Append later observations to every series in ``y`` and refit their regressions (a long frame may add

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ._frames import ID_COL, TIME_COL, TimeAxis, as_frames, _frame_arrays, _index_kind
+from ._frames import ID_COL, TIME_COL, as_frames, frame_arrays, index_kind
 
 __all__ = ["KNOWN_LEAD", "merge_rows", "read_covariates"]
 
@@ -63,10 +63,10 @@ def read_covariates(X: Any, *, layout: str, ids: Sequence, kind: str, axis_origi
             raise ValueError(f"{where} lacks covariate column(s) {missing}; it has {cols}")
         if len(df) == 0:
             continue
-        k = _index_kind(df.index, where)
+        k = index_kind(df.index, where)
         if k != kind:
             raise TypeError(f"{where} has a {k} index but y has a {kind} index; index both the same way")
-        t, v, _ = _frame_arrays(df[columns], kind, axis_origin, where, True)
+        t, v, _ = frame_arrays(df[columns], kind, axis_origin, where, True)
         out[sid] = (t, v)
     overlap = [c for c in columns]
     if not overlap:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import numbers
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ class Panel:
         return f"y[{i}]" if self.layout == "list" else "y"
 
 
-def _index_kind(index: pd.Index, where: str) -> str:
+def index_kind(index: pd.Index, where: str) -> str:
     if isinstance(index, pd.DatetimeIndex):
         return "datetime"
     if pd.api.types.is_numeric_dtype(index.dtype) and not pd.api.types.is_bool_dtype(index.dtype):
@@ -131,7 +131,7 @@ def read_panel(y: Any, *, columns: Optional[list] = None, origin: Any = None, wh
         elif cols != list(columns):
             raise ValueError(f"{where} has columns {cols} but the forecaster expects {list(columns)} (same variables "
                              f"in the same order)")
-        kinds.add(_index_kind(df.index, where))
+        kinds.add(index_kind(df.index, where))
     if len(kinds) > 1:
         raise TypeError(f"the series of {what} mix DatetimeIndex and numeric indexes; use one kind of time for all")
     kind = kinds.pop()
@@ -144,14 +144,14 @@ def read_panel(y: Any, *, columns: Optional[list] = None, origin: Any = None, wh
     times, values, kept = [], [], []
     for i, df in enumerate(frames):
         where = (f"{what}[{i}]" if layout == "list" else f"{what} series {ids[i]!r}" if layout == "long" else what)
-        t, v, idx = _frame_arrays(df, kind, origin, where, allow_empty_columns)
+        t, v, idx = frame_arrays(df, kind, origin, where, allow_empty_columns)
         times.append(t)
         values.append(v)
         kept.append(df.loc[idx])
     return Panel(layout, ids, kept, times, values, kind, list(columns), name)
 
 
-def _frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
+def frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
                   allow_empty: bool) -> tuple[np.ndarray, np.ndarray, pd.Index]:
     """Validated (times as float64: seconds since ``origin`` for datetimes, else the numbers; values with NaN; kept
     index labels). Rows with every value NaN are dropped."""

@@ -1,7 +1,7 @@
 """Training an ODE-RNN forecaster: windows, batches, the loss and the optimisation loop.
 
-Each series is held as model times ``t`` (n,) and channels ``u`` (n, C): the first ``k`` are the standardised
-targets, the others standardised covariates (NaN = not observed). A training window is ``L`` context rows followed
+A series is held as model times ``t`` (n,) and channels ``u`` (n, C): the first ``k`` are the standardised targets,
+the others standardised covariates (NaN = not observed). A training window is ``L`` context rows followed
 by ``H`` horizon rows.
 
 - Without covariates the model reads the context and the ODE is continued, without inputs, to the horizon stamps.
@@ -13,6 +13,7 @@ by ``H`` horizon rows.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -25,15 +26,22 @@ from torch import Tensor
 
 from .. import ODERNN, SolverError, nfe_counter
 
-__all__ = ["SeriesArrays", "encode", "masked_mse", "window_loss", "Batch", "make_batch", "window_spans", "train"]
+__all__ = ["threads", "encode", "masked_mse", "window_loss", "Batch", "make_batch", "batch_predictions", "train",
+           "TrainSettings"]
 
 
-@dataclass
-class SeriesArrays:
-    """One series in model form: times (n,) float64, channels (n, C) with NaN."""
-
-    t: np.ndarray
-    u: np.ndarray
+@contextlib.contextmanager
+def threads(n: Optional[int]):
+    """torch's intra-op threads set to ``n`` inside the block (None: unchanged), restored after."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def encode(model: ODERNN, x: Tensor, t: Tensor, m: Tensor, t_future: Optional[Tensor] = None, *,
@@ -67,14 +75,6 @@ class Batch:
     target_mask: Tensor
     t_future: Optional[Tensor]
     context: int
-
-
-def window_spans(series: Sequence[SeriesArrays], L: int, H: int, stride: int) -> list:
-    """(series, start) of every window of ``L + H`` rows."""
-    spans = []
-    for s, a in enumerate(series):
-        spans += [(s, i) for i in range(0, len(a.t) - L - H + 1, stride)]
-    return spans
 
 
 def make_batch(rows: Sequence[tuple[np.ndarray, np.ndarray]], L: int, k: int, known: Optional[np.ndarray],
