@@ -487,6 +487,7 @@ class Sequence_(NamedTuple):
     clip: Optional[float]
     warm_start: bool
     needs_time: bool
+    state_dim: int = 2
 
 
 class _Gap:
@@ -496,7 +497,7 @@ class _Gap:
         self.dyn = seq.dynamics
         plan = seq.plan
         dt = plan.dt[:, i]
-        self.scale = dt.reshape(-1, 1)
+        self.scale = dt.reshape((-1,) + (1,) * (seq.state_dim - 1))
         self.dt = dt
         self.t_from = plan.t_from[:, i] if seq.needs_time else None
         self.max_evals = 20 * seq.cfg.max_steps

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import SolverError
-from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics
+from ._dynamics import ANODE, BUILTIN_FORWARDS, GHBNODE, HBNODE, NODE, SONODE, Dynamics
+from ._fused import Plan, Sequence_, fused_supported, run_sequence
 from ._solver import ADAPTIVE_METHODS, Solver, SolverConfig, resolve_solver
 from ._solver import FIXED_METHODS, METHODS  # noqa: F401  (re-exported: odernn.estimators imports them from here)
 from ._torchdiffeq import integrate
@@ -285,6 +286,7 @@ class ODEBlock(nn.Module):
                                      where="ODEBlock")
         self.solver.check_fixed_step(in_gaps=False)
         self._times: dict = {}
+        self._checked: set = set()
 
     def extra_repr(self) -> str:
         return f"t0={self.t0}, t1={self.t1}, solver={self.solver}"
@@ -295,7 +297,42 @@ class ODEBlock(nn.Module):
         if t is None:
             t = self._times[device] = torch.tensor([self.t0, self.t1], dtype=torch.float64, device=device)
         dtype = z0.dtype if isinstance(z0, Tensor) else None
+        if self.t1 > self.t0 and self.solver.adaptive and fused_supported(self.solver) and isinstance(z0, Tensor):
+            return self._fused(z0)
         return _odesolve(self.dynamics, z0, t, self.solver, time_dtype=dtype)[:, -1]
+
+    def _fused(self, z0: Tensor) -> Tensor:
+        """The solve as one gap of odernn's fused loop (lean adjoint, optional compiled steps); same steps."""
+        _check_state(z0)
+        key = (tuple(z0.shape[1:]), z0.dtype, z0.device)
+        if key not in self._checked:  # evaluate once per input kind and explain a shape mismatch in plain words
+            self._odesolve_check(z0)
+            self._checked.add(key)
+        B = z0.shape[0]
+        dyn = self.dynamics
+        dt = torch.full((B, 1), self.t1 - self.t0, dtype=z0.dtype, device=z0.device)
+        t_from = torch.full((B, 1), self.t0, dtype=torch.float64, device=z0.device)
+        plan = Plan(dt, t_from, None, [True], [self.t1 - self.t0], False)
+        needs_time = dyn.time_dependent or type(dyn).forward not in BUILTIN_FORWARDS
+        seq = Sequence_(dyn, None, self.solver, plan, None, False, needs_time, z0.dim())
+        zpre, _, _ = run_sequence(seq, z0, None, None, None)
+        return zpre[:, 0]
+
+    def _odesolve_check(self, z0: Tensor) -> None:
+        if z0.shape[0] == 0:
+            raise ValueError(f"z0 is an empty batch: shape {tuple(z0.shape)}; need at least one sample")
+        if not torch.isfinite(z0).all():
+            raise ValueError("z0 contains NaN or inf")
+        with torch.no_grad():
+            t = torch.tensor(self.t0, dtype=z0.dtype, device=z0.device)
+            try:
+                out = self.dynamics(t, z0)
+            except RuntimeError as e:
+                raise ValueError(f"evaluating the dynamics on a state of shape {tuple(z0.shape)} failed: {e}") from e
+        if not isinstance(out, Tensor) or out.shape != z0.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the dynamics returned {got}, whilst the state has shape {tuple(z0.shape)}; check "
+                             f"the network's input/output sizes")
 
 
 _S01: dict = {}
