@@ -541,9 +541,10 @@ def test_beats_naive_forecasts_on_irregular_seasonal_series():
 
 @pytest.mark.slow
 def test_fit_time_few_years_weekly():
-    # Default settings on four years of irregular weekly data (178 stamps); measured 44 s CPU on one thread.
+    # Default settings on four years of irregular weekly data (178 stamps); the long-series fit time is in
+    # tests/test_forecasting_accuracy.py. CPU time (one torch thread while fitting): measured 5.7 s wall.
     df = seasonal_frame(seed=1, years=4)
-    start = time.perf_counter()
+    start = time.process_time()
     est = ODERNNForecaster(random_state=0).fit(df)
-    assert time.perf_counter() - start < 120
-    assert est.n_epochs_ == 40
+    assert time.process_time() - start < 60
+    assert est.n_epochs_ == 30
