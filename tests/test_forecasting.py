@@ -492,3 +492,58 @@ def test_verbose_without_tqdm_prints_epochs(monkeypatch, capsys):
     ODERNNForecaster(**{**TINY, "max_epochs": 2, "verbose": True}).fit(small_frame(n=20))
     err = capsys.readouterr().err
     assert "ODERNNForecaster.fit: epoch 1/2 loss=" in err and "epoch 2/2" in err
+
+
+# -- every new method on every layout and index kind ------------------------------------------------------------------
+
+def _layout(kind, layout):
+    a, b = small_frame(n=90, seed=1), small_frame(n=80, seed=2)
+    if kind == "numeric":
+        a = a.set_axis((a.index - a.index[0]).total_seconds().to_numpy() + 1.7e9)  # epoch seconds
+        b = b.set_axis((b.index - b.index[0]).total_seconds().to_numpy() + 1.7e9 + 3600.0)
+    elif kind == "tz":
+        a.index, b.index = a.index.tz_localize("UTC"), b.index.tz_localize("UTC")
+    if layout == "series":
+        return a["a"].rename("sales"), a.iloc[-15:]["a"].rename("sales")
+    if layout == "frame":
+        return a, a.iloc[-15:]
+    if layout == "list":
+        return [a, b], None
+    return long_frame([a, b], ["p", "q"]), None
+
+
+@pytest.mark.parametrize("kind", ["datetime", "tz", "numeric"])
+@pytest.mark.parametrize("layout", ["series", "frame", "list", "long"])
+def test_new_methods_on_every_layout(kind, layout):
+    y, _ = _layout(kind, layout)
+    est = ODERNNForecaster(**{**TINY, "calibration_fraction": 0.3}).fit(y)
+    offsets = [1.0, 2.5] if kind != "numeric" else [3600.0, 9000.0]
+    rel = None if kind != "numeric" else True
+    point = est.predict(offsets, relative=rel)
+    iv = est.predict_interval(offsets, relative=rel, coverage=0.8)
+    q = est.predict_quantiles(offsets, relative=rel, alpha=[0.1, 0.9])
+    first = lambda out: out[0] if isinstance(out, list) else out  # noqa: E731
+    k = 1 if layout == "series" else 2
+    assert first(iv).shape == (2 * (2 if layout == "long" else 1), 2 * k)
+    np.testing.assert_allclose(first(iv).to_numpy(), first(q).to_numpy())  # the 80% interval = 10% and 90%
+    if layout in ("list", "long"):
+        ids = [1] if layout == "list" else ["q"]
+        sub = est.predict(offsets, relative=rel, ids=ids)
+        full = point[1] if layout == "list" else point[point.unique_id == "q"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(sub[0] if layout == "list" else sub.reset_index(drop=True), full)
+    summary = backtest(ODERNNForecaster(**TINY, calibration_fraction=0.0), y,
+                       initial="50D" if kind != "numeric" else 50 * 86400.0,
+                       step="10D" if kind != "numeric" else 10 * 86400.0,
+                       horizon="5D" if kind != "numeric" else 5 * 86400.0, coverage=None)
+    assert len(summary) > 0 and np.isfinite(summary["mae"]).all()
+
+
+def test_long_and_list_layouts_fit_the_same_model():
+    a, b = small_frame(n=60, seed=1), small_frame(n=50, seed=2)
+    as_list = ODERNNForecaster(**TINY).fit([a, b])
+    as_long = ODERNNForecaster(**TINY).fit(long_frame([a, b], ["p", "q"]))
+    for x, y in zip(as_list.model_.state_dict().values(), as_long.model_.state_dict().values()):
+        torch.testing.assert_close(x, y)
+    lst = as_list.predict([1, 2])
+    lng = as_long.predict([1, 2])
+    np.testing.assert_allclose(np.concatenate([f.to_numpy() for f in lst]), lng[["a", "b"]].to_numpy())
