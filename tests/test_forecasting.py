@@ -547,3 +547,28 @@ def test_long_and_list_layouts_fit_the_same_model():
     lst = as_list.predict([1, 2])
     lng = as_long.predict([1, 2])
     np.testing.assert_allclose(np.concatenate([f.to_numpy() for f in lst]), lng[["a", "b"]].to_numpy())
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), m=st.integers(0, 12), seed=st.integers(0, 10_000), known=st.lists(st.booleans(),
+       min_size=1, max_size=3))
+def test_merge_rows_places_every_value_once(n, m, seed, known):
+    from odernn.forecasting._covariates import merge_rows
+
+    rng = np.random.default_rng(seed)
+    t_y = np.sort(rng.choice(np.arange(0, 40), n, replace=False)).astype(float)
+    t_x = np.sort(rng.choice(np.arange(0, 40), m, replace=False)).astype(float) if m else None
+    y = rng.normal(size=(n, 2))
+    c = rng.normal(size=(m, len(known))) if m else None
+    kn = np.array(known)
+    times, Y, C = merge_rows(t_y, y, t_x, c, kn, 0.01, keep_after=True)
+    assert (np.diff(times) > 0).all()
+    np.testing.assert_array_equal(Y[np.isin(times, t_y)], y)  # every target at its own stamp
+    assert np.isnan(Y[~np.isin(times, t_y)]).all()
+    if m:
+        for j, is_known in enumerate(kn):  # known covariates lead their stamp by 0.01, past ones sit on it
+            at = np.isin(times, t_x - 0.01 if is_known else t_x)
+            np.testing.assert_array_equal(C[at, j], c[:, j])
+            assert np.isnan(C[~at, j]).all()
+    cut = merge_rows(t_y, y, t_x, c, kn, 0.01)[0]
+    assert cut[-1] == t_y[-1]  # covariate rows after the last target are dropped unless keep_after

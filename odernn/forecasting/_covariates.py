@@ -3,8 +3,8 @@
 A covariate is either *known in advance* (calendar features, planned controls: its future values are passed to
 ``predict``) or *past only* (observed with the targets, unknown in the future). Rows of the merged timeline are the
 union of the target stamps and the covariate stamps; a value that was not observed at a row is NaN and the ODE-RNN's
-mask hides it, so nothing is resampled. A known covariate is placed ``KNOWN_LEAD`` model time units *before* its
-stamp, so that the state that predicts the target at a stamp has already read the covariate of that stamp.
+mask hides it, so nothing is resampled. A known covariate is placed ``KNOWN_LEAD`` typical gaps *before* its stamp,
+so that the state that predicts the target at a stamp has already read the covariate of that stamp.
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ def read_covariates(X: Any, *, layout: str, ids: Sequence, kind: str, axis_origi
 
 
 def merge_rows(t_y: np.ndarray, y: np.ndarray, t_x: Optional[np.ndarray], c: Optional[np.ndarray],
-               known: np.ndarray, *, keep_after: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               known: np.ndarray, lead: float, *, keep_after: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One timeline from targets (t_y (n,), y (n, k)) and covariates (t_x (m,), c (m, p)) in model time.
 
-    Known covariates move ``KNOWN_LEAD`` earlier. Unless ``keep_after``, covariate rows after the last target stamp
+    Known covariates move ``lead`` (model time units: ``KNOWN_LEAD`` typical gaps) earlier. Unless ``keep_after``, covariate rows after the last target stamp
     are dropped (future covariates belong to ``predict``). Returns (times (r,), y (r, k), c (r, p)), NaN where a
     row does not hold a value.
     """
@@ -87,7 +87,7 @@ def merge_rows(t_y: np.ndarray, y: np.ndarray, t_x: Optional[np.ndarray], c: Opt
         return t_y, y, np.full((len(t_y), p), np.nan)
     parts_t = [t_y]
     if known.any():
-        parts_t.append(t_x - KNOWN_LEAD)
+        parts_t.append(t_x - lead)
     if (~known).any():
         parts_t.append(t_x)
     times, inv = np.unique(np.concatenate(parts_t), return_inverse=True)

@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 
 from .. import ODERNN, Solver
 from ._base import BaseForecaster
-from ._covariates import merge_rows, read_covariates
+from ._covariates import KNOWN_LEAD, merge_rows, read_covariates
 from ._forecast import ForecastMixin
 from ._params import Check, InstanceOf, Interval, Options, validate_params
 from ._preprocess import Deterministic, Scaler, resolve_periods
@@ -310,7 +310,7 @@ class ODERNNForecaster(ForecastMixin, BaseForecaster):
         hist = []
         for sid, t, v in zip(panel.ids, times, panel.values):
             tx, cx = xs.get(sid, (None, None))
-            hist.append(merge_rows(t, v, tx, cx, self._known_))
+            hist.append(merge_rows(t, v, tx, cx, self._known_, KNOWN_LEAD * self._typical_gap_))
         self._history_ = [dict(t=t, y=yy, c=c) for t, yy, c in hist]
         if p:
             self.covariate_scaler_ = Scaler().fit(np.concatenate([h["c"] for h in self._history_]))
@@ -512,7 +512,7 @@ class ODERNNForecaster(ForecastMixin, BaseForecaster):
         for sid, t_raw, v, df in zip(panel.ids, panel.times, panel.values, panel.frames):
             t = self._axis_.from_raw(t_raw)
             tx, cx = xs.get(sid, (None, None))
-            rt, ry, rc = merge_rows(t, v, tx, cx, self._known_)
+            rt, ry, rc = merge_rows(t, v, tx, cx, self._known_, KNOWN_LEAD * self._typical_gap_)
             s = lookup.get(sid)
             if s is not None and not replace:
                 old = hist[s]

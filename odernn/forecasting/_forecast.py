@@ -228,12 +228,12 @@ class ForecastMixin:
             out.append((tm, full))
         return out
 
-    @staticmethod
-    def _covariate_rows(ft: np.ndarray, start: float, tm: np.ndarray, c: np.ndarray) -> tuple:
+    def _covariate_rows(self, ft: np.ndarray, start: float, tm: np.ndarray, c: np.ndarray) -> tuple:
         """Future rows: known covariates (led by KNOWN_LEAD) after ``start`` up to the last requested stamp, plus
         query rows at the requested stamps ``ft`` (sorted)."""
-        sel = (tm - KNOWN_LEAD > start) & (tm <= ft[-1] + 1e-12)
-        tx = tm[sel] - KNOWN_LEAD
+        lead = KNOWN_LEAD * self._typical_gap_
+        sel = (tm - lead > start) & (tm <= ft[-1] + 1e-12)
+        tx = tm[sel] - lead
         times, inv = np.unique(np.concatenate([ft, tx]), return_inverse=True)
         C = np.full((len(times), c.shape[1]), np.nan)
         C[inv[len(ft):]] = c[sel]
