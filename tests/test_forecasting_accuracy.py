@@ -19,10 +19,11 @@ from odernn.forecasting import ODERNNForecaster, SeasonalRegression
 YEAR = pd.Timedelta(days=365.25)
 
 
-def long_seasonal(seed, years=None, n=None):
+def long_seasonal(seed, years=None, n=None, ar=0.0):
     """Weekly stamps over 20-40 years (or exactly ``n`` kept stamps), 5-15% dropped at random and the rest jittered
-    by up to a day; y = 10 + a t + b t^2 (accelerating, t in years) + annual cycle with a second harmonic + N(0,
-    0.25^2)."""
+    by up to a day; y = 10 + a t + b t^2 (accelerating, t in years) + annual cycle with a second harmonic + noise of
+    standard deviation 0.25: independent, or with ``ar`` > 0 an AR(1) process in continuous time (correlation
+    ``ar ** (gap in weeks)`` between neighbours)."""
     rng = np.random.default_rng(seed)
     drop = rng.uniform(0.05, 0.15)
     if n is not None:
@@ -35,8 +36,13 @@ def long_seasonal(seed, years=None, n=None):
     t = (stamps - base[0]).total_seconds().to_numpy() / YEAR.total_seconds()
     a, b = rng.uniform(0.1, 0.4), rng.uniform(0.001, 0.004)
     amp, phi = rng.uniform(0.8, 1.5), rng.uniform(0, 2 * np.pi)
+    w = rng.standard_normal(len(t))
+    if ar > 0:
+        rho = ar ** (np.diff(t, prepend=t[0]) * 52.18)
+        for i in range(1, len(w)):
+            w[i] = rho[i] * w[i - 1] + np.sqrt(1 - rho[i] ** 2) * w[i]
     y = (10 + a * t + b * t ** 2 + amp * np.sin(2 * np.pi * t + phi) + 0.3 * amp * np.sin(4 * np.pi * t + 2 * phi)
-         + 0.25 * rng.standard_normal(len(t)))
+         + 0.25 * w)
     return pd.DataFrame({"y": y}, index=stamps)
 
 
@@ -46,31 +52,37 @@ def split(df):
     return df[df.index <= cut], df[df.index > cut]
 
 
-def mae(pred, test):
-    return float(np.abs(np.asarray(pred, dtype=float) - test["y"].to_numpy()).mean())
+def mae(pred, test, weeks=None):
+    """Mean absolute error over the test stamps (the first ``weeks`` weeks only, if given)."""
+    err = np.abs(np.asarray(pred, dtype=float) - test["y"].to_numpy())
+    if weeks is not None:
+        err = err[(test.index - test.index[0]) < pd.Timedelta(weeks=weeks)]
+    return float(err.mean())
 
 
-def baselines(train, test):
+def baselines(train, test, weeks=None):
     """MAE of last value, seasonal naive (the training value nearest to one year before) and SeasonalRegression."""
     near = [np.abs((train.index - (s - YEAR)).total_seconds()).argmin() for s in test.index]
     regression = SeasonalRegression().fit(train).predict(test.index)["y"]
     # the forecaster's own deterministic part alone (recency weights with a three-year half-life): an ablation
     weighted = SeasonalRegression(trend_halflife="1095.73D").fit(train).predict(test.index)["y"]
-    return dict(last_value=mae(np.full(len(test), train["y"].iloc[-1]), test),
-                seasonal_naive=mae(train["y"].to_numpy()[near], test), seasonal_regression=mae(regression, test),
-                weighted_regression=mae(weighted, test))
+    return dict(last_value=mae(np.full(len(test), train["y"].iloc[-1]), test, weeks),
+                seasonal_naive=mae(train["y"].to_numpy()[near], test, weeks),
+                seasonal_regression=mae(regression, test, weeks), weighted_regression=mae(weighted, test, weeks))
 
 
-def run(seed, **kw):
+def run(seed, ar=0.0, weeks=None, **kw):
     """(MAE, 90% interval coverage, fit seconds) of ODERNNForecaster on series ``seed``."""
-    train, test = split(long_seasonal(seed))
+    train, test = split(long_seasonal(seed, ar=ar))
     start = time.perf_counter()
     est = ODERNNForecaster(random_state=seed, **kw).fit(train)
     seconds = time.perf_counter() - start
     iv = est.predict_interval(test.index, coverage=0.9)
     y = test["y"].to_numpy()
     covered = ((y >= iv[("y", 0.9, "lower")].to_numpy()) & (y <= iv[("y", 0.9, "upper")].to_numpy())).mean()
-    return mae(est.predict(test.index)["y"], test), float(covered), seconds
+    pred = est.predict(test.index)["y"]
+    err = mae(pred, test) if weeks is None else (mae(pred, test), mae(pred, test, weeks))
+    return err, float(covered), seconds
 
 
 @pytest.mark.slow
@@ -103,17 +115,20 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--baselines", action="store_true", help="print the baselines instead of fitting")
     p.add_argument("--set", default="", help="extra parameters, e.g. \"context_length=52,max_epochs=20\"")
+    p.add_argument("--ar", type=float, default=0.0, help="AR(1) noise: weekly correlation (0: independent)")
+    p.add_argument("--weeks", type=int, default=None, help="score only the first WEEKS weeks of the test year")
     a = p.parse_args()
     torch.set_num_threads(1)
     extra = eval(f"dict({a.set})")  # a command-line convenience for benchmark runs
     for seed in [int(s) for s in a.seeds.split(",")]:
-        train, test = split(long_seasonal(seed))
+        train, test = split(long_seasonal(seed, ar=a.ar))
         if a.baselines:
-            print(f"seed {seed}: n_train={len(train)}", {k: round(v, 3) for k, v in baselines(train, test).items()},
-                  flush=True)
+            print(f"seed {seed}: n_train={len(train)}",
+                  {k: round(v, 3) for k, v in baselines(train, test, a.weeks).items()}, flush=True)
             continue
-        err, cov, sec = run(seed, dynamics=a.dynamics, **extra)
-        print(f"seed {seed}: {a.dynamics} {extra} MAE {err:.3f} coverage90 {cov:.2f} fit {sec:.1f} s", flush=True)
+        err, cov, sec = run(seed, ar=a.ar, weeks=a.weeks, dynamics=a.dynamics, **extra)
+        shown = f"{err:.3f}" if a.weeks is None else f"{err[0]:.3f} (first {a.weeks} weeks {err[1]:.3f})"
+        print(f"seed {seed}: {a.dynamics} {extra} MAE {shown} coverage90 {cov:.2f} fit {sec:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
