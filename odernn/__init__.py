@@ -11,7 +11,7 @@ from ._dynamics import ANODE, GHBNODE, HBNODE, NODE, SONODE, Dynamics, make_dyna
 from ._integrate import ODEBlock, SolverError, odesolve
 from ._solver import Solver, SolverConfig
 from ._nfe import CountedField, NFECount, nfe_counter
-from ._fused import compile_log
+from ._compile import compile_log
 from ._odernn import MLP, ODERNN, Encoding
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ._dynamics import Dynamics
 
-__all__ = ["NFECount", "nfe_counter", "CountedField"]
+__all__ = ["NFECount", "nfe_counter", "CountedField", "BackwardCount"]
 
 
 @dataclasses.dataclass
@@ -73,6 +73,18 @@ class CountedField(nn.Module):
 def _count_backward(counters: tuple, grad: Tensor) -> None:
     for c in counters:
         c.backward += 1
+
+
+class BackwardCount:
+    """A gradient hook that adds ``n`` backward evaluations to every counter (direct backpropagation through ``n``
+    evaluations that produced the hooked tensor)."""
+
+    def __init__(self, counters: tuple, n: int = 1) -> None:
+        self.counters, self.n = counters, n
+
+    def __call__(self, grad: Tensor) -> None:
+        for c in self.counters:
+            c.backward += self.n
 
 
 @contextlib.contextmanager
