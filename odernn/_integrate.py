@@ -377,7 +377,7 @@ def solve_gaps(dynamics: Dynamics, z0: Tensor, t0: Tensor, dt: Tensor, cfg: Solv
     span = None
     s_first = None
     if adaptive:
-        span = float(dt.max())
+        span = float(dt.detach().max())
         if first_step is not None:
             s_first = min(1.0, first_step / span)
     z1 = _run(field, z0, _unit_interval(z0.dtype, z0.device), cfg, s_first, in_gaps=True)[-1]
