@@ -572,3 +572,17 @@ def test_merge_rows_places_every_value_once(n, m, seed, known):
             assert np.isnan(C[~at, j]).all()
     cut = merge_rows(t_y, y, t_x, c, kn, 0.01)[0]
     assert cut[-1] == t_y[-1]  # covariate rows after the last target are dropped unless keep_after
+
+
+def test_fitted_pickle_of_odernn_0_1_asks_for_a_refit(tmp_path):
+    est = ODERNNForecaster(hidden_size=5)
+    state = dict(est.__dict__, model_={}, trend_=None, _context_=[])  # the attributes of a 0.1 fitted estimator
+    old = tmp_path / "old.pkl"
+
+    class Old:  # pickles as ODERNNForecaster with that state
+        def __reduce__(self):
+            return (object.__new__, (ODERNNForecaster,), state)
+
+    old.write_bytes(pickle.dumps(Old(), protocol=4))
+    with pytest.raises(ValueError, match="pickled by odernn 0.1.*refit it"):
+        ODERNNForecaster.load(old, trusted=True)

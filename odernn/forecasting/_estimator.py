@@ -592,6 +592,10 @@ class ODERNNForecaster(ForecastMixin, BaseForecaster):
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
+        if "model_" in state and "_history_" not in state:
+            raise ValueError("this is a fitted ODERNNForecaster pickled by odernn 0.1, whose fitted state (one trend "
+                             "line, the last context only) the current forecaster cannot use; refit it (its "
+                             "parameters still apply)")
         weights = state.pop("model_", None)
         super().__setstate__(state)
         if weights is not None:
