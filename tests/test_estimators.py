@@ -73,10 +73,10 @@ SKLEARN_CHECKS = [
 ]
 
 
+@pytest.mark.parametrize("cls", [ODERNNForecaster, SeasonalRegression])
 @pytest.mark.parametrize("check", SKLEARN_CHECKS)
-def test_sklearn_estimator_checks(check):
-    est = ODERNNForecaster()
-    getattr(ec, check)("ODERNNForecaster", est)
+def test_sklearn_estimator_checks(check, cls):
+    getattr(ec, check)(cls.__name__, cls())
 
 
 def test_params_stored_unchanged_and_clone():
