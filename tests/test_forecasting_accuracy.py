@@ -7,6 +7,7 @@ Run the table of docs/forecaster.md (one thread; each line prints MAE per seed a
 """
 
 import argparse
+import ast
 import time
 
 import numpy as np
@@ -109,6 +110,17 @@ def test_fit_time_1900_weekly_points():
     assert est.n_epochs_ == 30
 
 
+def parse_settings(text):
+    """``"context_length=52,trend_halflife='1096D'"`` -> a dict of Python literals (``ast.literal_eval``)."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set: expected name=value, got {item!r}")
+        out[key.strip()] = ast.literal_eval(value.strip())
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dynamics", default="hbnode")
@@ -119,7 +131,7 @@ def main():
     p.add_argument("--weeks", type=int, default=None, help="score only the first WEEKS weeks of the test year")
     a = p.parse_args()
     torch.set_num_threads(1)
-    extra = eval(f"dict({a.set})")  # a command-line convenience for benchmark runs
+    extra = parse_settings(a.set)
     for seed in [int(s) for s in a.seeds.split(",")]:
         train, test = split(long_seasonal(seed, ar=a.ar))
         if a.baselines:
