@@ -3,7 +3,8 @@
 The public face is flat: dynamics (:class:`NODE`, :class:`ANODE`, :class:`SONODE`, :class:`HBNODE`,
 :class:`GHBNODE`), solving (:func:`odesolve`, :class:`ODEBlock`), the recurrent model (:class:`ODERNN`), NFE
 accounting (:func:`nfe_counter`), adjoint clipping (:func:`clip_adjoint`), data loaders (:mod:`odernn.data`),
-diagnostics (:mod:`odernn.diagnostics`) and the scikit-learn style :class:`ODERNNForecaster`.
+diagnostics (:mod:`odernn.diagnostics`) and forecasting (:mod:`odernn.forecasting`, the scikit-learn style
+:class:`ODERNNForecaster`).
 """
 
 from ._clip import clip_adjoint
@@ -28,9 +29,9 @@ __all__ = [
 def __getattr__(name):
     # Heavier optional faces are imported on first use, so `import odernn` stays light.
     if name == "ODERNNForecaster":
-        from .estimators import ODERNNForecaster
+        from .forecasting import ODERNNForecaster
         return ODERNNForecaster
-    if name in ("data", "diagnostics", "estimators"):
+    if name in ("data", "diagnostics", "estimators", "forecasting"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'odernn' has no attribute {name!r}")

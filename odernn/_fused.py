@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ._clip import clip_adjoint
 from ._compile import call_compiled, compiled_stepper
-from ._errors import SolverError
+from ._errors import SolverError, guard_backward
 from ._nfe import BackwardCount
 from ._rk import TABLEAUS, RKSolve, fixed_grid
 from ._solver import Solver
@@ -297,13 +297,22 @@ class _SequenceAdjoint(torch.autograd.Function):
                 for j, gp in enumerate(ys[2:]):
                     grads[j] += gp
             a = g
+        if not bool(torch.isfinite(torch.stack([a.sum()] + [x.sum() for x in grads]).sum())):
+            raise SolverError(f"the backward pass of the {cfg.method!r} solve produced a non-finite gradient (NaN or "
+                              f"inf): the adjoint blew up. Check the loss and the network, clip the adjoint "
+                              f"(adjoint_clip=...) or shorten the time span")
         return (None, None, None, a, gx, gprobe, *grads)
 
 
 def run_sequence(seq: Sequence_, z0: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
                  step: Optional[float]):
     """Run the sequence. Returns ``(Zpre, Zpost, last accepted step)``; Zpre/Zpost are (B, T, S)."""
-    if not seq.cfg.adjoint or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled():
+        return _forward_loop(seq, z0, cell_x, probe, step, True)
+    if not seq.cfg.adjoint:
+        watched = [p for m in (seq.dynamics, seq.cell) if m is not None for p in m.parameters() if p.requires_grad]
+        if z0.requires_grad or watched:  # a non-finite backward pass raises SolverError (one check per sequence)
+            z0 = guard_backward(z0, seq.cfg.method, watched)
         return _forward_loop(seq, z0, cell_x, probe, step, True)
     seen = set()
     named = [(n, p) for n, p in seq.dynamics.named_parameters() if p.requires_grad]

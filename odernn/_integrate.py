@@ -172,6 +172,11 @@ def _check_dynamics_output(field: _Field, z0: Tensor, s0: Tensor) -> None:
                 hint = (f" (a time-dependent dynamics receives t as a 0-d {t.dtype} tensor, the dtype of the given "
                         f"times, while the state is {z0.dtype}: cast t inside the network)")
             raise ValueError(f"evaluating the dynamics on a state of shape {tuple(z0.shape)} failed{hint}: {e}") from e
+    _explain_output(out, z0)
+
+
+def _explain_output(out, z0: Tensor) -> None:
+    """Raise a plain-words error unless ``out`` is a tensor of the state's shape and dtype."""
     if not isinstance(out, Tensor):
         what = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else \
             f"a {type(out).__name__}"
@@ -329,10 +334,7 @@ class ODEBlock(nn.Module):
                 out = self.dynamics(t, z0)
             except RuntimeError as e:
                 raise ValueError(f"evaluating the dynamics on a state of shape {tuple(z0.shape)} failed: {e}") from e
-        if not isinstance(out, Tensor) or out.shape != z0.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the dynamics returned {got}, whilst the state has shape {tuple(z0.shape)}; check "
-                             f"the network's input/output sizes")
+        _explain_output(out, z0)
 
 
 _S01: dict = {}

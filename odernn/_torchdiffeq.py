@@ -44,7 +44,7 @@ from torchdiffeq._impl.dopri5 import Dopri5Solver
 from torchdiffeq._impl.misc import _select_initial_step
 from torchdiffeq._impl.odeint import SOLVERS
 
-from ._errors import SolverError
+from ._errors import SolverError, guard_backward
 from ._solver import Solver
 
 __all__ = ["LeanDopri5", "LEAN_DOPRI5", "odeint_options", "integrate"]
@@ -305,26 +305,6 @@ def odeint_options(cfg: Solver, first_step: Optional[float] = None, *, in_gaps: 
     return kw
 
 
-class _GuardBackward(torch.autograd.Function):
-    """Identity on the initial state; during backpropagation, raise :class:`SolverError` if the gradient reaching the
-    initial state (the adjoint state at the start of the solve) is non-finite. The other inputs only make the output
-    require gradients whenever anything of the solve does, so the check runs for every backward pass."""
-
-    @staticmethod
-    def forward(ctx, z0: Tensor, method: str, *watched: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.method = method
-        ctx.n_watched = len(watched)
-        return z0.view_as(z0)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if grad is not None and not bool(torch.isfinite(grad).all()):
-            raise SolverError(f"the backward pass of the {ctx.method!r} solve produced a non-finite gradient (NaN or "
-                              f"inf) with respect to the initial state: the adjoint blew up. Check the loss and the "
-                              f"network, clip the adjoint (odernn.clip_adjoint) or shorten the time span")
-        return (grad, None) + (None,) * ctx.n_watched
-
-
 def _translate(e: AssertionError, cfg: Solver) -> Optional[SolverError]:
     """torchdiffeq signals step failures with assertions; say what they mean."""
     msg = str(e)
@@ -385,7 +365,7 @@ def integrate(func: nn.Module, z0: Tensor, s: Tensor, cfg: Solver, *, adjoint_pa
     if s.requires_grad:
         watched.append(s)
     if torch.is_grad_enabled() and (z0.requires_grad or watched):
-        z0 = _GuardBackward.apply(z0, cfg.method, *watched)
+        z0 = guard_backward(z0, cfg.method, watched)
     if cfg.adjoint and cfg.adaptive and kw["method"] != LEAN_DOPRI5:
         # torchdiffeq's own steps assert on a non-finite state; in the adjoint solve that assertion would surface
         # from backward() untranslated, so check at the start of each adjoint step (they synchronise anyway)
