@@ -188,7 +188,8 @@ def compiled_stepper(gap, solve, adjoint: bool) -> Callable:
     """A whole Dormand-Prince trial step compiled with the field (Solver(compile=True), time-independent fields).
 
     ``gap`` is the fused loop's gap field (``dyn``, ``scale``, ``time``, ``count``, ``counters`` and, for the adjoint,
-    ``params`` and ``names``); ``solve`` the :class:`odernn._rk.RKSolve` whose ``trial_step`` runs without a compiler."""
+    ``params`` and ``names``); ``solve`` the :class:`odernn._rk.RKSolve` whose ``trial_step`` runs without a
+    compiler."""
     cfg = solve.cfg
     rms = cfg.norm == "rms"
     stages = len(DOPRI5.rows)
