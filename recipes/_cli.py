@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 import sys
 import warnings
@@ -116,6 +117,17 @@ class RecipeParser(argparse.ArgumentParser):
         return ns, extra
 
 
+def compile_default(default: str) -> str:
+    """``--compile``'s default: a recipe's own, else ``$ODERNN_COMPILE`` (``auto``, ``on`` or ``off``; the test
+    suite sets ``off`` so that only the tests that ask for compiling pay for it), else ``auto``."""
+    env = os.environ.get("ODERNN_COMPILE")
+    if default != "auto" or not env:
+        return default
+    if env not in ("auto", "on", "off"):
+        raise ValueError(f"ODERNN_COMPILE must be auto, on or off, got {env!r}")
+    return env
+
+
 def solver_from_args(args: Any, **changes: Any) -> odernn.Solver:
     """The one :class:`odernn.Solver` of a run, from ``--method``, ``--rtol``, ``--atol``, ``--adjoint``, the
     fixed-grid step (``--step-fraction`` or ``--step-size``) and ``--compile``; ``changes`` override fields.
@@ -200,9 +212,10 @@ def base_parser(description: str, *, models: Sequence[str], defaults: Optional[M
         p.add_argument("--step-size", dest="step", type=positive_float, default=d["step"],
                        help="fixed-grid methods: step in the solve's time units")
     p.set_defaults(step_kind=fixed_step)
-    p.add_argument("--compile", choices=("auto", "on", "off"), default=d["compile"],
+    p.add_argument("--compile", choices=("auto", "on", "off"), default=compile_default(d["compile"]),
                    help="compile the fused ODE-RNN solver loop with torch.compile (auto: where a compiler is found; "
-                        "a first batch then takes about 20 s longer)")
+                        "a first batch then takes about 20 s longer; the default 'auto' can be changed with the "
+                        "environment variable ODERNN_COMPILE=auto|on|off)")
     p.add_argument("--adjoint-clip", type=positive_float, default=d["adjoint_clip"],
                    help="clip the per-sample l2 norm of the adjoint state at every observation (paper Sec. 4)")
     p.add_argument("--seed", type=int, default=d["seed"], help="random seed (model init, shuffling)")

@@ -10,6 +10,10 @@ if "ODERNN_DATA" not in os.environ and _default.is_dir():
     os.environ["ODERNN_DATA"] = str(_default)
 
 
+# Recipes compile their solver loop by default ("--compile auto"); compiling costs 10-90 s per model here, so the
+# suite runs recipes eagerly unless a test asks for compiling ("--compile on" or Solver(compile=True)).
+os.environ.setdefault("ODERNN_COMPILE", "off")
+
 # The suite's tensors are tiny: intra-op threads only add synchronisation (and oversubscribe a shared CI machine).
 torch.set_num_threads(1)
 

@@ -65,6 +65,7 @@ def test_the_neural_cde_takes_the_solver_and_its_norm():
     assert adaptive.solver.rtol == 1e-5 and adaptive.solver.norm_function is odernn.Solver().norm_function
 
 
+@pytest.mark.slow  # resuming with --compile on compiles the model: about 30 s on 2 cores
 def test_config_records_the_solver_and_resume_may_change_compile_only(tmp_path):
     base = ["--model", "hbnode", "--runs", "1", "--rtol", "1e-3", "--atol", "1e-4", "--device", "cpu",
             "--out", str(tmp_path)]
