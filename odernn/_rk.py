@@ -217,9 +217,8 @@ class RKSolve:
 def dense_output(last, target: float, n_active: Optional[int] = None) -> List[Tensor]:
     """Dormand-Prince's quartic dense output on the last accepted step, at ``target``.
 
-    The first ``n_active`` tensors are interpolated in the reference path's order of operations; the rest (the
-    adjoint's parameter channels) as one linear combination of ``y0``, ``y1`` and the stages, a few list-wide
-    operations instead of about twenty per tensor."""
+    The first ``n_active`` tensors are interpolated one by one; the rest (the adjoint's parameter channels) with the
+    same operations in the same order, each one list-wide call (``torch._foreach_*``) instead of one per tensor."""
     y0, y1, ks, dt, t0 = last
     n = len(y0) if n_active is None else n_active
     x = (target - t0) / dt
@@ -236,17 +235,28 @@ def dense_output(last, target: float, n_active: Optional[int] = None) -> List[Te
         d = f0 * dt
         out.append(y0[c] + x * d + (x * x) * cc + (x * x * x) * b + (x * x * x * x) * a)
     if n < len(y0):
-        # e + x d + x^2 c + x^3 b + x^4 a expanded: y_mid = y0 + dt sum_j mid_j k_j enters with weight mu
-        x2, x3, x4 = x * x, x * x * x, x * x * x * x
-        mu = 16 * x2 - 32 * x3 + 16 * x4
-        w0 = 1 - 11 * x2 + 18 * x3 - 8 * x4 + mu
-        w1 = -5 * x2 + 14 * x3 - 8 * x4
-        coeffs = [mu * m for m in DOPRI5_MID]
-        coeffs[0] += x - 4 * x2 + 5 * x3 - 2 * x4
-        coeffs[-1] += x2 - 3 * x3 + 2 * x4
-        rest = list(torch._foreach_mul(y0[n:], w0))
-        torch._foreach_add_(rest, y1[n:], alpha=w1)
-        out += combine_list(rest, [k[n:] for k in ks], tuple(coeffs), dt)
+        # the same operations in the same order, one list-wide call each (bitwise equal to the loop above)
+        y0p, y1p, kp = y0[n:], y1[n:], [k[n:] for k in ks]
+        y_mid = combine_list(y0p, kp, DOPRI5_MID, dt)
+        f0, f1 = kp[0], kp[-1]
+        a = list(torch._foreach_sub(f1, f0))
+        torch._foreach_mul_(a, 2 * dt)
+        torch._foreach_add_(a, list(torch._foreach_add(y1p, y0p)), alpha=-8.0)
+        torch._foreach_add_(a, y_mid, alpha=16.0)
+        b = list(torch._foreach_add(list(torch._foreach_mul(f0, 5 * dt)), f1, alpha=-3 * dt))
+        torch._foreach_add_(b, y0p, alpha=18.0)
+        torch._foreach_add_(b, y1p, alpha=14.0)
+        torch._foreach_add_(b, y_mid, alpha=-32.0)
+        cc = list(torch._foreach_add(list(torch._foreach_mul(f1, dt)), f0, alpha=-4 * dt))
+        torch._foreach_add_(cc, y0p, alpha=-11.0)
+        torch._foreach_add_(cc, y1p, alpha=-5.0)
+        torch._foreach_add_(cc, y_mid, alpha=16.0)
+        d = torch._foreach_mul(f0, dt)
+        rest = list(torch._foreach_add(y0p, list(torch._foreach_mul(d, x))))
+        torch._foreach_add_(rest, list(torch._foreach_mul(cc, x * x)))
+        torch._foreach_add_(rest, list(torch._foreach_mul(b, x * x * x)))
+        torch._foreach_add_(rest, list(torch._foreach_mul(a, x * x * x * x)))
+        out += rest
     return out
 
 

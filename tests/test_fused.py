@@ -248,3 +248,16 @@ def test_odeblock_fused_on_another_interval_agrees_to_tolerance():
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-7, atol=1e-9)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_list_wide_dense_output_is_bitwise_the_per_tensor_one():
+    """The adjoint's parameter channels are interpolated with list-wide operations: the very same numbers."""
+    from odernn._rk import dense_output
+    g = torch.Generator().manual_seed(0)
+    for dt, x in [(0.37, 0.61), (1.3, 0.02), (0.05, 1.0)]:
+        y0 = [torch.randn(5, 3, generator=g) for _ in range(4)]
+        y1 = [torch.randn(5, 3, generator=g) for _ in range(4)]
+        ks = [[torch.randn(5, 3, generator=g) for _ in range(4)] for _ in range(7)]
+        last = (y0, y1, ks, dt, 0.1)
+        wide, one_by_one = dense_output(last, 0.1 + x * dt, 1), dense_output(last, 0.1 + x * dt, 4)
+        assert all(torch.equal(a, b) for a, b in zip(wide, one_by_one))
