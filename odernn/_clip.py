@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["clip_adjoint"]
+__all__ = ["clip_adjoint", "clip_rows"]
 
 
 class _ClipAdjoint(torch.autograd.Function):
@@ -18,9 +18,14 @@ class _ClipAdjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        norms = g.reshape(g.shape[0], -1).norm(dim=1)
-        scale = (ctx.c / norms.clamp_min(torch.finfo(g.dtype).tiny)).clamp(max=1.0)
-        return g * scale.reshape((-1,) + (1,) * (g.dim() - 1)), None
+        return clip_rows(g, ctx.c), None
+
+
+def clip_rows(g: Tensor, c: float) -> Tensor:
+    """``g`` with each sample's (dim 0) l2 norm rescaled to at most ``c`` (the rule of :func:`clip_adjoint`)."""
+    norms = g.reshape(g.shape[0], -1).norm(dim=1)
+    scale = (c / norms.clamp_min(torch.finfo(g.dtype).tiny)).clamp(max=1.0)
+    return g * scale.reshape((-1,) + (1,) * (g.dim() - 1))
 
 
 def clip_adjoint(z: Tensor, max_norm: float) -> Tensor:

@@ -28,7 +28,7 @@ from typing import List, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from ._clip import clip_adjoint
+from ._clip import clip_adjoint, clip_rows
 from ._compile import call_compiled, compiled_stepper
 from ._errors import SolverError, guard_backward
 from ._nfe import BackwardCount
@@ -214,12 +214,6 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
     return zpre, zpost, step
 
 
-def _clip_rows(g: Tensor, c: float) -> Tensor:
-    norms = g.reshape(g.shape[0], -1).norm(dim=1)
-    scale = (c / norms.clamp_min(torch.finfo(g.dtype).tiny)).clamp(max=1.0)
-    return g * scale.reshape((-1,) + (1,) * (g.dim() - 1))
-
-
 class _SequenceAdjoint(torch.autograd.Function):
     """Forward: the fused loop without a graph. Backward: cell VJPs, clipping and reverse adjoint solves."""
 
@@ -273,7 +267,7 @@ class _SequenceAdjoint(torch.autograd.Function):
                         grads[ctx.n_dyn + j] += gp
                 g = gz
                 if seq.clip is not None:
-                    g = _clip_rows(g, seq.clip)
+                    g = clip_rows(g, seq.clip)
             if g_pre is not None:
                 g = g + g_pre[:, i]
             if need_probe:

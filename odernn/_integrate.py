@@ -15,7 +15,6 @@ The solves themselves go through :mod:`odernn._torchdiffeq`, the torchdiffeq bac
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Optional, Sequence, Union
@@ -24,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import SolverError
-from ._dynamics import ANODE, BUILTIN_FORWARDS, GHBNODE, HBNODE, NODE, SONODE, Dynamics
+from ._dynamics import BUILTIN_FORWARDS, Dynamics
+from ._nfe import BackwardCount
 from ._fused import Plan, Sequence_, fused_supported, run_sequence
 from ._solver import ADAPTIVE_METHODS, Solver, SolverConfig, resolve_solver
 from ._solver import FIXED_METHODS, METHODS  # noqa: F401  (re-exported: odernn.estimators imports them from here)
@@ -32,7 +32,6 @@ from ._torchdiffeq import integrate
 
 __all__ = ["SolverConfig", "SolverError", "odesolve", "ODEBlock", "solve_gaps"]
 
-_BUILTIN_FORWARDS = frozenset(c.forward for c in (NODE, ANODE, SONODE, HBNODE, GHBNODE))
 
 
 class _Field(nn.Module):
@@ -60,7 +59,7 @@ class _Field(nn.Module):
         self.dt = dt
         self.time_dtype = None if t0 is None or time_dtype == t0.dtype else time_dtype
         # The built-in dynamics read t only through a time-dependent net: skip forming the absolute time otherwise.
-        self.needs_time = dynamics.time_dependent or type(dynamics).forward not in _BUILTIN_FORWARDS
+        self.needs_time = dynamics.time_dependent or type(dynamics).forward not in BUILTIN_FORWARDS
         # dt broadcast over the state's non-batch dimensions, in the state's dtype (gaps may come in float64)
         self.scale = None if dt is None else dt.reshape((-1,) + (1,) * (state_dim - 1)).to(state_dtype or dt.dtype)
         self.last_step: Optional[Union[Tensor, float]] = None
@@ -106,13 +105,8 @@ class _Field(nn.Module):
                 else:
                     c.forward += 1
             if not self.adjoint and out.requires_grad:
-                out.register_hook(functools.partial(_count_backward, counters))
+                out.register_hook(BackwardCount(counters))
         return out
-
-
-def _count_backward(counters: tuple, grad: Tensor) -> None:
-    for c in counters:
-        c.backward += 1
 
 
 def _run(field: _Field, z0: Tensor, s: Tensor, cfg: Solver, first_step: Optional[float] = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from typing import Iterator
 
 import torch
@@ -66,13 +65,8 @@ class CountedField(nn.Module):
                 else:
                     c.forward += 1
             if not self.adjoint and isinstance(out, Tensor) and out.requires_grad:
-                out.register_hook(functools.partial(_count_backward, counters))
+                out.register_hook(BackwardCount(counters))
         return out
-
-
-def _count_backward(counters: tuple, grad: Tensor) -> None:
-    for c in counters:
-        c.backward += 1
 
 
 class BackwardCount:

@@ -45,41 +45,15 @@ from torchdiffeq._impl.misc import _select_initial_step
 from torchdiffeq._impl.odeint import SOLVERS
 
 from ._errors import SolverError, guard_backward
+from ._rk import DOPRI5, DOPRI5_MID, combine
 from ._solver import Solver
 
 __all__ = ["LeanDopri5", "LEAN_DOPRI5", "odeint_options", "integrate"]
 
 LEAN_DOPRI5 = "odernn_dopri5"
 
-# Dormand-Prince 5(4) tableau (Dormand & Prince 1980), as Python floats.
-_A = (1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_B = (
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_C_ERR = (
-    35 / 384 - 1951 / 21600,
-    0.0,
-    500 / 1113 - 22642 / 50085,
-    125 / 192 - 451 / 720,
-    -2187 / 6784 - -12231 / 42400,
-    11 / 84 - 649 / 6300,
-    -1.0 / 60.0,
-)
-# Shampine's mid-point weights, for the quartic dense output.
-_C_MID = (
-    6025192743 / 30085553152 / 2,
-    0.0,
-    51252292925 / 65400821598 / 2,
-    -2691868925 / 45128329728 / 2,
-    187940372067 / 1594534317056 / 2,
-    -1776094331 / 19743644256 / 2,
-    11237099 / 235043384 / 2,
-)
+# Dormand-Prince 5(4): the tableau, error weights and dense-output weights of odernn._rk (one definition).
+_A, _B, _C_ERR, _C_MID = DOPRI5.nodes, DOPRI5.rows, DOPRI5.err, DOPRI5_MID
 
 
 #: Non-finite error estimates (each rejected, the step shrunk by ``dfactor``) before a SolverError: in a row (as the
@@ -87,19 +61,6 @@ _C_MID = (
 #: NaN would otherwise creep towards it until max_steps).
 _MAX_NONFINITE = 8
 _MAX_NONFINITE_TOTAL = 32
-
-
-def _combine(base: Tensor, ks: list, coeffs: tuple, scale: float) -> Tensor:
-    """``base + scale * sum_j coeffs[j] * ks[j]`` with fused multiply-adds, skipping zero coefficients."""
-    out = None
-    for c, k in zip(coeffs, ks):
-        if c == 0.0:
-            continue
-        if out is None:
-            out = torch.add(base, k, alpha=scale * c)
-        else:
-            out = out.add(k, alpha=scale * c)
-    return base if out is None else out
 
 
 def _error(ks: list, dt: float) -> Tensor:
@@ -202,7 +163,7 @@ class LeanDopri5(Dopri5Solver):
         ks = [f0]
         yi = y0
         for alpha, beta in zip(_A, _B):
-            yi = _combine(y0, ks, beta, dt)
+            yi = combine(y0, ks, beta, dt)
             ks.append(f(self._tensor_time(t0 + alpha * dt), yi))
         y1 = yi  # first same as last: the last stage is the 5th-order solution
         with torch.no_grad():  # step-size control is not differentiated
@@ -251,7 +212,7 @@ class LeanDopri5(Dopri5Solver):
         if asked, its time derivative there."""
         y0, y1, ks, dt, t0 = self._last
         if self._interp is None:
-            y_mid = _combine(y0, ks, _C_MID, dt)
+            y_mid = combine(y0, ks, _C_MID, dt)
             f0, f1 = ks[0], ks[-1]
             a = (f1 - f0).mul_(2 * dt).add_(y1 + y0, alpha=-8.0).add_(y_mid, alpha=16.0)
             b = torch.add(f0 * (5 * dt), f1, alpha=-3 * dt).add_(y0, alpha=18.0).add_(y1, alpha=14.0) \
