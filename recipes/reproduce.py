@@ -12,14 +12,15 @@ The tasks (``--tasks``; all by default, in this order):
 1. ``walker2d`` (Sec. 5.4, Fig. 8): ODE-RNN, ANODE-RNN, HBNODE-RNN, GHBNODE-RNN and SONODE-RNN (which the paper could
    not run), 500 epochs (``--walker-epochs``), the official code's per-model learning-rate schedules
    (``--lr-schedule official``), batch 256, rtol = atol = 1e-7, adjoint, seed 0.
-2. ``plane_vibration_seed1``: HBNODE-RNN and ODE-RNN with seed 1, otherwise as task 3.
-3. ``plane_vibration`` (Sec. 5.3): the five hybrids, 500 epochs, Table 1 batch size (64) and constant learning rate
+2. ``point_cloud`` (Sec. 5.1, Fig. 4): 100 independent runs per model (``--pc-runs``), split into processes of
+   ``--pc-chunk`` runs (``--first-run``), at the paper's settings (Table 1: Adam 0.01, batch 50; tolerance 1e-7;
+   the recipe's 40 epochs); a last step aggregates them (``point_cloud/runs.csv``, ``point_cloud_runs.md``, the
+   distribution figure). A finished run keeps only its text files and ``result.json``.
+3. ``plane_vibration_seed1``: HBNODE-RNN and ODE-RNN with seed 1, otherwise as task 4.
+4. ``plane_vibration`` (Sec. 5.3): the five hybrids, 500 epochs, Table 1 batch size (64) and constant learning rate
    (1e-4), rtol = atol = 1e-7, adjoint, seed 0 (``--ncde`` adds the Neural CDE baseline).
-4. ``plane_vibration_official``: the five hybrids under the official plane-vibration trainer's schedule (1e-3 for
+5. ``plane_vibration_official``: the five hybrids under the official plane-vibration trainer's schedule (1e-3 for
    50 epochs, then a new Adam at 1e-4).
-5. ``point_cloud`` (Sec. 5.1, Fig. 4): 100 independent runs per model (``--pc-runs``), split into chunks of
-   ``--pc-chunk`` runs (``--first-run``), at the paper's settings; a last step aggregates them
-   (``point_cloud/runs.csv``, ``point_cloud_runs.md``, the distribution figure).
 
 The sequence runs also measure NFEs under the paper's own solver design every ``--paper-nfe-every`` epochs (columns
 ``paper_*_nfe``; :func:`odernn.paper_solver`).
@@ -56,7 +57,7 @@ __all__ = ["HYBRIDS", "TASKS", "Run", "protocol", "finished", "rerun_argv", "mai
 HYBRIDS = ("node", "anode", "sonode", "hbnode", "ghbnode")
 #: The order in which the Walker2D runs start: the models of Fig. 8 first, SONODE-RNN (not in the paper) last.
 WALKER_ORDER = ("hbnode", "node", "ghbnode", "anode", "sonode")
-TASKS = ("walker2d", "plane_vibration_seed1", "plane_vibration", "plane_vibration_official", "point_cloud")
+TASKS = ("walker2d", "point_cloud", "plane_vibration_seed1", "plane_vibration", "plane_vibration_official")
 _TOL = "1e-7"
 
 
@@ -89,6 +90,7 @@ def protocol(args: argparse.Namespace) -> list[Run]:
     out = Path(args.out)
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     again = ["--overwrite"] if args.overwrite else ["--resume"]
+    extra_args = shlex.split(args.run_args or "")
 
     def files(task: str) -> list[str]:
         return ["--out", str(out / task), *(["--checkpoint-dir", str(ckpt / task)] if ckpt else [])]
@@ -98,7 +100,7 @@ def protocol(args: argparse.Namespace) -> list[Run]:
         argv = ["--model", model, "--rtol", tol, "--atol", tol, "--adjoint", "--seed", str(seed),
                 "--device", args.device, "--threads", str(args.threads), "--epochs", str(epochs), *extra,
                 *(["--paper-nfe-every", str(args.paper_nfe_every)] if probe and args.paper_nfe_every else []),
-                *files(task), *again, "--no-progress"]
+                *files(task), *again, "--no-progress", *extra_args]
         return Run(task, model, tuple(argv), epochs=epochs)
 
     runs: list[Run] = []
@@ -120,7 +122,8 @@ def protocol(args: argparse.Namespace) -> list[Run]:
                 for first in range(0, args.pc_runs, size):
                     n = min(size, args.pc_runs - first)
                     argv = ["--model", m, "--runs", str(n), "--first-run", str(first), "--device", args.device,
-                            "--threads", str(args.threads), *files(task), *again, "--no-progress", "--no-aggregate"]
+                            "--threads", str(args.threads), *files(task), *again, "--no-progress", "--no-aggregate", "--drop-checkpoints",
+                            *extra_args]
                     runs.append(Run(task, m, tuple(argv), name=f"{m}/runs_{first:03d}-{first + n - 1:03d}"))
     return runs
 
@@ -179,6 +182,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ncde-tol", type=positive_float, default=1e-7, help="Neural CDE rtol = atol")
     p.add_argument("--pc-runs", type=positive_int, default=100, help="point-cloud runs per model (paper: 100)")
     p.add_argument("--pc-chunk", type=positive_int, default=25, help="point-cloud runs per process")
+    p.add_argument("--run-args", default="", metavar="'FLAGS'",
+                   help="extra recipe flags appended to every run (they override the protocol's), e.g. "
+                        "'--max-batches 2 --rtol 1e-3' for a smoke test of the whole protocol")
     p.add_argument("--jobs", type=positive_int, default=2, help="runs side by side")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run")
     p.add_argument("--out", type=folder_path, default="benchmarks/reproduction",
@@ -249,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
             what = "finished" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {log})"
             print(f"{r.label} {what} after {(time.monotonic() - started) / 3600:.2f} h{_after(r, proc.returncode, args)}",
                   flush=True)
-    if "point_cloud" in args.tasks and not any(s for k, s in status.items() if k.startswith("point_cloud/")):
+    if "point_cloud" in args.tasks and not any(v for k, v in status.items() if k.startswith("point_cloud/")):
         _aggregate_point_cloud(args)
     if args.report:
         from .report import find_tasks, write_report
@@ -273,13 +279,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
 
 
 def _aggregate_point_cloud(args: argparse.Namespace) -> None:
-    from .point_cloud import aggregate
-
-    folder = Path(args.out) / "point_cloud"
+    """The last step of the point-cloud task: one call of the recipe over all runs, which trains nothing (every
+    run has its result) and writes the tables and figures."""
     models = [m for m in HYBRIDS if m in args.models]
-    if folder.is_dir():
-        aggregate(folder, models, runs=args.pc_runs)
-        print(f"wrote {folder}/runs.csv, point_cloud_runs.md and point_cloud_distributions.png", flush=True)
+    out = Path(args.out) / "point_cloud"
+    for chosen in (["all"] if len(models) == len(HYBRIDS) else models):
+        argv = ["--model", chosen, "--runs", str(args.pc_runs), "--first-run", "0", "--device", args.device,
+                "--threads", str(args.threads), "--out", str(out), "--resume", "--no-progress",
+                *shlex.split(args.run_args or "")]
+        run = Run("point_cloud", chosen, tuple(argv), name=f"aggregate_{chosen}")
+        proc, log = _launch(run, args)
+        code = proc.wait()
+        print(f"point_cloud: aggregated {chosen} (exit {code}; log {log})", flush=True)
 
 
 if __name__ == "__main__":
