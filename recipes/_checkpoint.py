@@ -30,7 +30,7 @@ from ._files import atomic_save, jsonable
 from ._random import rng_state, set_rng_state
 
 __all__ = ["CHECKPOINT_NAME", "FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "settings_of",
-           "settings_differences", "check_resume_settings"]
+           "settings_differences", "check_resume_settings", "owner_record", "checkpoint_owner"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 2
@@ -185,3 +185,22 @@ def check_resume_settings(path: Union[str, os.PathLike], saved: Mapping[str, Any
         raise CheckpointError(f"--resume refused: the settings differ from those of the checkpoint {path}: {flags}. "
                               f"A resumed run must continue the same run; only {may} may change. Rerun with the "
                               f"checkpoint's values, or start a new run with --overwrite or another --out")
+
+
+def owner_record(folder: Union[str, os.PathLike], checkpoint: Union[str, os.PathLike]) -> str:
+    """How a checkpoint names the run folder it belongs to: the folder's path relative to the checkpoint's own folder
+    (``"."`` when it lies in the run folder). Relative, so a copy of both (a fresh clone elsewhere) still matches."""
+    return Path(os.path.relpath(Path(folder).resolve(), Path(checkpoint).resolve().parent)).as_posix()
+
+
+def checkpoint_owner(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The run folder a checkpoint belongs to (its :func:`owner_record`), or None for a checkpoint written before
+    checkpoints recorded it.
+
+    Raises:
+        CheckpointError: for a file that is not a readable odernn checkpoint.
+    """
+    ckpt = _read(Path(path), trusted=False)
+    extra = ckpt["meta"].get("extra") if isinstance(ckpt.get("meta"), dict) else None
+    owner = extra.get("run_folder") if isinstance(extra, dict) else None
+    return owner if isinstance(owner, str) else None
