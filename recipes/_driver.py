@@ -281,7 +281,8 @@ def _train(spec: RecipeSpec, name: str, args: argparse.Namespace, data: Mapping[
     if resume:
         ckpt = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, generator=train_loader.generator)
         if ckpt["extra"].get("model") not in (None, name):
-            raise ValueError(f"{ckpt_path} holds model {ckpt['extra'].get('model')!r}, not {name!r}")
+            raise RecipeError(f"cannot use the checkpoint {ckpt_path}: it holds model {ckpt['extra'].get('model')!r}, "
+                              f"not {name!r}; resume with --model {ckpt['extra'].get('model')}, or start again")
         check_resume_settings(ckpt_path, ckpt["extra"].get("settings", {}), settings, spec.resume_safe)
         start = resumed_after = ckpt["epoch"]
         start += 1

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ._cli import RecipeError, run_cli
-from ._files import atomic_write_text, read_csv
-from ._report import fmt, plot_curves
+from ._files import FileContentError, atomic_write_text, read_csv, read_json_object
+from ._report import fmt, plot_curves, read_metrics
 
 __all__ = ["FRACTIONS", "LABELS", "find_tasks", "load_task", "row_at_fraction", "model_row", "write_report", "main"]
 
@@ -49,14 +49,20 @@ PANELS = (("forward_nfe", "forward NFE / training batch", False),
 
 def find_tasks(root: Path) -> list[Path]:
     """``root`` itself if a sub-folder of it holds ``metrics.csv``, else every such folder one level below."""
+    def listing(p: Path) -> list[Path]:
+        try:
+            return sorted(p.iterdir())
+        except OSError as e:
+            raise RecipeError(f"cannot list {p}: {e.strerror or e}; make it readable or give another folder") from None
+
     def is_task(p: Path) -> bool:
-        return any((d / "metrics.csv").is_file() for d in p.iterdir() if d.is_dir())
+        return any((d / "metrics.csv").is_file() for d in listing(p) if d.is_dir())
 
     if not root.is_dir():
         raise RecipeError(f"{root} is not a folder; give a task folder (holding <model>/metrics.csv) or its parent")
     if is_task(root):
         return [root]
-    tasks = sorted(d for d in root.iterdir() if d.is_dir() and is_task(d))
+    tasks = sorted(d for d in listing(root) if d.is_dir() and is_task(d))
     if not tasks:
         raise RecipeError(f"found no run folders (<model>/metrics.csv) in {root} or the folders below it")
     return tasks
@@ -73,7 +79,8 @@ def load_task(task: Path) -> dict[str, dict[str, Any]]:
     rows."""
     runs = {}
     for d in sorted((d for d in task.iterdir() if (d / "metrics.csv").is_file()), key=lambda d: _order(d.name)):
-        rows = read_csv(d / "metrics.csv")
+        rows = read_metrics(d / "metrics.csv", filled=("epoch", "forward_nfe", "backward_nfe"),
+                            todo="fix that line, or move the run folder out of the task folder")
         total = 0.0
         for r in rows:
             total += r.get("seconds") or 0.0
@@ -81,9 +88,20 @@ def load_task(task: Path) -> dict[str, dict[str, Any]]:
         info = {}
         for name in ("summary", "config"):
             path = d / f"{name}.json"
-            info[name] = json.loads(path.read_text()) if path.is_file() else {}
+            info[name] = read_json_object(path, todo="fix or remove it (only the report reads it)") \
+                if path.is_file() else {}
+        _check_fields(d / "config.json", info["config"], {"machine": dict, "resumed": list})
         runs[d.name] = {"rows": rows, **info}
     return runs
+
+
+def _check_fields(path: Path, record: dict, types: dict[str, type]) -> None:
+    """``FileContentError`` naming the file and field when a field of ``record`` has another JSON type."""
+    for key, kind in types.items():
+        if key in record and not isinstance(record[key], kind):
+            raise FileContentError(f"{path}: field {key!r} is {record[key]!r}, expected a JSON "
+                                   f"{'object' if kind is dict else 'array'}; fix or remove it (only the report "
+                                   f"reads it)")
 
 
 def row_at_fraction(rows: Sequence[dict], fraction: float) -> Optional[dict]:
