@@ -62,13 +62,17 @@ def test_square_limits():
 @pytest.mark.parametrize("dtype,bad,ok", [(torch.float64, 1e155, 1e153), (torch.float32, 1e20, 1e18)])
 def test_values_whose_squares_overflow_are_refused_in_every_constructor(dtype, bad, ok):
     hint = "" if dtype == torch.float64 else r".*dtype=torch.float64"
-    match = rf"value -?{bad:.0e}".replace("e+", r"e\+") + rf" at row 3 \(time 3.0\), feature 0 is too large.*{hint}"
+    match = rf"value -?{bad:.0e}".replace("e+", r"e\+") + rf" at row 3 \(time 3.0\), feature '0' is too large.*{hint}"
     for v in (bad, -bad):
         with pytest.raises(ValueError, match=match):
             D.IrregularSeriesDataset.from_arrays([(T4, np.array([1, 2, 3, v]))], dtype=dtype)
-        with pytest.raises(ValueError, match="too large"):
+        with pytest.raises(ValueError, match=r"frame: value .* at row 3 \(time 3.0\), feature 'a' is too large"):
             D.IrregularSeriesDataset.from_frame(pd.DataFrame({"a": [1, 2, 3, v]}, index=T4), dtype=dtype)
-        with pytest.raises(ValueError, match=r"series 1: value .* at row 1 \(time 1.0\).*too large"):
+        dates = pd.date_range("2020-01-01", periods=4, freq="D")
+        with pytest.raises(ValueError, match=r"\(time 2020-01-04 00:00:00\), feature 'a' is too large"):
+            D.IrregularSeriesDataset.from_frame(pd.DataFrame({"a": [1, 2, 3, v]}, index=dates), time_unit="D",
+                                                dtype=dtype)
+        with pytest.raises(ValueError, match=r"series 1 \(id=1\): value .* at row 1 \(time 1.0\), feature 'v' is too large"):
             D.IrregularSeriesDataset.from_long(_long([1, 2, 3, v]), id_col="id", time_col="t", dtype=dtype)
     ds = D.IrregularSeriesDataset.from_arrays([(T4, np.array([1, 2, np.nan, ok]))], dtype=dtype)
     x = ds[0]["x"]

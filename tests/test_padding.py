@@ -194,3 +194,19 @@ def test_a_sample_with_no_observed_row_keeps_its_initial_state(fused):
         b = m.forecast(x, t2, torch.tensor([200.0], dtype=torch.float64), mask, t_start=ts)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert m.encode(x, t, mask, t_start=ts).t_last[1] == 100.0
+
+
+def test_times_that_require_gradients_take_the_per_gap_path_and_ignore_padding_too():
+    torch.manual_seed(0)
+    m = odernn.ODERNN("hbnode", 2, 3, 1, rtol=1e-9, atol=1e-9).double()
+    x = torch.randn(1, 3, 2, dtype=torch.float64)
+    t = torch.tensor([[0.2, 0.9, 1.7]], dtype=torch.float64, requires_grad=True)
+    ref = m(x, t)
+    ref.sum().backward()
+    xp = torch.cat([torch.full((1, 2, 2), float("nan"), dtype=torch.float64), x], dim=1)
+    tp = torch.cat([torch.tensor([[-5.0, 0.1]], dtype=torch.float64), t.detach()], dim=1).requires_grad_(True)
+    mask = torch.tensor([[False, False, True, True, True]])
+    out = m(xp, tp, mask)
+    out[:, 2:].sum().backward()
+    torch.testing.assert_close(out[:, 2:], ref, rtol=0, atol=0)
+    torch.testing.assert_close(tp.grad, torch.cat([torch.zeros(1, 2, dtype=torch.float64), t.grad], dim=1))

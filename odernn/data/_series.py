@@ -151,7 +151,7 @@ class IrregularSeriesDataset(Dataset):
             if v.shape[1] != n_feat:
                 raise ValueError(f"{where}: expected {n_feat} features {self.feature_names}, got {v.shape[1]}")
             check_times(t, t, where, "sort the series by time first")
-            check_values(v, where, dtype, t)
+            check_values(v, where, dtype, t, self.feature_names)
             self._times.append(t)
             self._values.append(v)
         self.time_offsets = self._offsets()
@@ -223,6 +223,7 @@ class IrregularSeriesDataset(Dataset):
         keep = ~np.isnan(values).all(axis=1)
         if not keep.any():
             raise ValueError("frame: all values are NaN, so the series has no observation; check the columns")
+        check_values(values[keep], "frame", dtype, list(index[keep]), cols)
         return cls([times[keep]], [values[keep]], feature_names=[str(c) for c in cols], series_ids=[0],
                    time_encoder=encoder, dtype=dtype)
 
@@ -298,6 +299,7 @@ class IrregularSeriesDataset(Dataset):
             keep = ~np.isnan(v).all(axis=1)
             if not keep.any():
                 raise ValueError(f"{where}: all values are NaN, so the series has no observation; drop it")
+            check_values(v[keep], where, dtype, labels[rows][keep], cols)
             times.append(times_all[rows][keep])
             values.append(v[keep])
             ids.append(sid.item() if isinstance(sid, np.generic) else sid)

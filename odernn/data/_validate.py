@@ -89,10 +89,10 @@ def real_values(values: Any, where: str) -> np.ndarray:
 
 
 def check_values(values: np.ndarray, where: str, dtype: torch.dtype = torch.float64,
-                 times: np.ndarray | None = None) -> None:
+                 times: Sequence[Any] | None = None, features: Sequence[Any] | None = None) -> None:
     """Raise ``ValueError`` for an empty series, inf values, values whose squares overflow (in float64 or in
-    ``dtype``, the dtype the values will be used in), or a series without any observed value. ``times`` (n,), if
-    given, are shown in messages."""
+    ``dtype``, the dtype the values will be used in), or a series without any observed value. ``times`` (n,), the
+    stamps as the user gave them (or float times), and ``features`` (F,) names are shown in messages."""
     if values.shape[0] == 0:
         raise ValueError(f"{where}: series is empty; every series needs at least one observed value")
     inf = np.isinf(values)
@@ -104,9 +104,10 @@ def check_values(values: np.ndarray, where: str, dtype: torch.dtype = torch.floa
         big = np.abs(values) > limit
     if big.any():
         r, c = np.argwhere(big)[0]
-        at = f"row {r}" + ("" if times is None else f" (time {float(times[r])!r})")
+        at = f"row {r}" + ("" if times is None else f" (time {_fmt(times[r])})")
         raise ValueError(
-            f"{where}: value {float(values[r, c])!r} at {at}, feature {c} is too large: squares (losses, variances, "
+            f"{where}: value {float(values[r, c])!r} at {at}, feature {c if features is None else repr(features[c])} "
+            f"is too large: squares (losses, variances, "
             f"normalisation) of values beyond {limit:.3g} overflow in {dtype}; rescale the values (e.g. divide by "
             f"a constant or take logs)" + ("" if dtype == torch.float64 else " or use dtype=torch.float64")
         )
