@@ -150,22 +150,28 @@ def test_rerun_argv_keeps_the_settings_and_moves_the_run():
         reproduce.rerun_argv({"argv": ["train.py"]}, epochs=2, out="o")
 
 
-COMMITTED = REPO / "benchmarks" / "reproduction" / "plane_vibration" / "hbnode"
+COMMITTED = {"plane_vibration": REPO / "benchmarks" / "reproduction" / "plane_vibration" / "hbnode",
+             "walker2d": REPO / "benchmarks" / "reproduction" / "walker2d" / "hbnode"}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (COMMITTED / "metrics.csv").exists(), reason="no committed plane-vibration HBNODE run")
-@pytest.mark.skipif(not (DATA / "plane_vibration").is_dir(), reason="no plane vibration data")
-def test_rerun_matches_the_committed_first_epochs(tmp_path):
+@pytest.mark.parametrize("task", sorted(COMMITTED))
+def test_rerun_matches_the_committed_first_epochs(tmp_path, task):
     """The first two epochs of a rerun with the committed command (same seed, CPU) match the committed rows."""
-    config = json.loads((COMMITTED / "config.json").read_text())
+    folder = COMMITTED[task]
+    if not (folder / "metrics.csv").exists() or len(read_csv(folder / "metrics.csv")) < 2:
+        pytest.skip(f"no committed {task} HBNODE-RNN run with two epochs")
+    if not (DATA / task).is_dir():
+        pytest.skip(f"no {task} data")
+    config = json.loads((folder / "config.json").read_text())
     argv = reproduce.rerun_argv(config, epochs=2, out=str(tmp_path))
     argv = [a for a in argv] + ["--device", "cpu", "--no-progress"]
-    plane_vibration.main(argv)
-    ours, theirs = read_csv(tmp_path / "hbnode" / "metrics.csv"), read_csv(COMMITTED / "metrics.csv")[:2]
+    {"plane_vibration": plane_vibration, "walker2d": walker2d}[task].main(argv)
+    ours, theirs = read_csv(tmp_path / "hbnode" / "metrics.csv"), read_csv(folder / "metrics.csv")[:2]
     assert [r["epoch"] for r in ours] == [1, 2]
     for a, b in zip(ours, theirs):
         assert (a["forward_nfe"], a["backward_nfe"], a["test_nfe"]) == (b["forward_nfe"], b["backward_nfe"],
                                                                          b["test_nfe"])
+        assert a.get("paper_forward_nfe") == b.get("paper_forward_nfe")
         for key in ("train_loss", "valid_loss", "test_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import odernn
-from odernn.data import MissingDataError, ensure_dataset
 from recipes import reproduce, walker2d
 from recipes._checkpoint import load_checkpoint
 from recipes._cli import lr_schedule_arg, parse_lr_schedule
@@ -25,15 +24,8 @@ TINY = ["--model", "hbnode", "--rtol", "1e-3", "--atol", "1e-3", "--batch-size",
 TIMING = {"seconds", "eval_seconds", "paper_probe_seconds"}
 
 
-def _have(name: str) -> bool:
-    try:
-        ensure_dataset(name, download=False)
-    except (MissingDataError, FileNotFoundError, OSError):
-        return False
-    return True
-
-
-needs_walker = pytest.mark.skipif(not _have("walker2d"), reason="Walker2D data not available (set ODERNN_DATA)")
+# the suite's one check that a dataset is there (tests/ is on sys.path while pytest collects)
+from test_recipes_seq import needs_walker  # noqa: E402
 
 
 def _rows(folder: Path, drop=TIMING) -> list[dict]:
