@@ -165,7 +165,9 @@ def test_rerun_matches_the_committed_first_epochs(tmp_path, task):
         pytest.skip(f"no {task} data")
     config = json.loads((folder / "config.json").read_text())
     argv = reproduce.rerun_argv(config, epochs=2, out=str(tmp_path))
-    argv = [a for a in argv] + ["--device", "cpu", "--no-progress"]
+    # compiled and eager arithmetic differ in the last bits, which can flip a step's acceptance: rerun as it ran
+    compiled = config.get("solver", {}).get("compile") and not config.get("resumed")
+    argv = [a for a in argv] + ["--device", "cpu", "--no-progress", "--compile", "on" if compiled else "off"]
     {"plane_vibration": plane_vibration, "walker2d": walker2d}[task].main(argv)
     ours, theirs = read_csv(tmp_path / "hbnode" / "metrics.csv"), read_csv(folder / "metrics.csv")[:2]
     assert [r["epoch"] for r in ours] == [1, 2]
