@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ._clip import clip_adjoint, clip_rows
-from ._compile import call_compiled, compiled_stepper
+from ._compile import call_compiled, compiled_gap, compiled_stepper
 from ._errors import SolverError, guard_backward
 from ._nfe import BackwardCount
 from ._rk import TABLEAUS, RKSolve, fixed_grid
@@ -93,7 +93,7 @@ class _Gap:
         self.dyn = seq.dynamics
         plan = seq.plan
         dt = plan.dt[:, i]
-        self.scale = dt.reshape((-1,) + (1,) * (seq.state_dim - 1))
+        self.scale = dt.reshape((-1,) + (1,) * (seq.state_dim - 1)).contiguous()  # one stride for compiled code
         self.dt = dt
         self.t_from = plan.t_from[:, i] if seq.needs_time else None
         self.max_evals = 20 * seq.cfg.max_steps
@@ -169,12 +169,37 @@ class _AugmentedGap(_Gap):
         return [torch.neg(g.detach()), *grads]
 
 
+def _compiled_steps(seq: Sequence_) -> bool:
+    """Whether whole Dormand-Prince steps (and gap blocks) run compiled."""
+    return seq.cfg.compile and seq.cfg.method == "dopri5" and not seq.needs_time
+
+
+def _solve_blocks(gap: _Gap, solve: RKSolve, y0: List[Tensor], s0: float, s1: float, first: Optional[float],
+                  adjoint: bool):
+    """One gap's adaptive solve as compiled gap blocks (:func:`odernn._compile.compiled_gap`), or ``None`` when the
+    general loop must run it. Without a warm start the initial-step rule runs first (eagerly; its two evaluations
+    are counted only if the blocks finish the gap, since the general loop would repeat and count them)."""
+    extra = 0
+    if first is None:
+        saved = gap.compile
+        gap.compile = False
+        gap.count = lambda backward: None  # an instance attribute shadowing the method: counted on success below
+        try:
+            first = solve.initial_step(s0, y0, gap(s0, y0[:solve.n_active]))
+        finally:
+            gap.compile = saved
+            del gap.count
+        extra = 1  # the initial-step rule's trial evaluation (its f0 is the block's first evaluation)
+    return compiled_gap(gap, solve, y0, s0, s1, first, adjoint, extra)
+
+
 def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], firsts: Optional[list]):
     cfg = seq.cfg
     tab = TABLEAUS[cfg.method]
     gap = _Gap(seq, i, "forward")
     solve = RKSolve(tab, cfg, cfg.norm_function, gap, 1, "forward")
-    if cfg.compile and cfg.method == "dopri5" and not seq.needs_time:
+    compiled = _compiled_steps(seq)
+    if compiled:
         solve.stepper = compiled_stepper(gap, solve, adjoint=False)
     if tab.err is None:
         (z,) = solve.fixed([z], fixed_grid(cfg.step_fraction, 0.0, 1.0, z.dtype))
@@ -183,7 +208,12 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
     first = None if step is None or not seq.warm_start else min(1.0, step / span)
     if firsts is not None:
         firsts[i] = first
-    (z,), last = solve.adaptive([z], 0.0, 1.0, first)
+    # nothing recorded for autograd (adjoint forward, inference): whole gaps as compiled blocks
+    done = _solve_blocks(gap, solve, [z], 0.0, 1.0, first, False) if compiled and not torch.is_grad_enabled() \
+        else None
+    if done is None:
+        done = solve.adaptive([z], 0.0, 1.0, first)
+    (z,), last = done
     return z, (step if last is None else last * span)
 
 
@@ -276,20 +306,22 @@ class _SequenceAdjoint(torch.autograd.Function):
                 z_end = zpre[:, i] if probe is None else zpre[:, i] - probe[:, i]
                 aug = _AugmentedGap(seq, i, list(dyn_params), ctx.param_names)
                 solve = RKSolve(tab, cfg, cfg.norm_function, aug, 2, "adjoint (backward)")
-                if cfg.compile and cfg.method == "dopri5" and not seq.needs_time:
+                compiled = _compiled_steps(seq)
+                if compiled:
                     solve.stepper = compiled_stepper(aug, solve, adjoint=True)
                 y0 = [z_end, g, *[torch.zeros_like(p) for p in dyn_params]]
                 if tab.err is None:
                     ys = solve.fixed(y0, fixed_grid(cfg.step_fraction, -1.0, 0.0, z_end.dtype))
                 else:
-                    ys, _ = solve.adaptive(y0, -1.0, -0.0, ctx.firsts[i])
+                    done = _solve_blocks(aug, solve, y0, -1.0, -0.0, ctx.firsts[i], True) if compiled else None
+                    ys, _ = solve.adaptive(y0, -1.0, -0.0, ctx.firsts[i]) if done is None else done
                 if tab.err is None and not bool(torch.isfinite(ys[1]).all()):
                     raise SolverError(f"the adjoint (backward) solve ({cfg.method!r}) produced a non-finite state: "
                                       f"the dynamics blew up backwards; use a smaller step_fraction or an adaptive "
                                       f"method")
                 g = ys[1]
-                for j, gp in enumerate(ys[2:]):
-                    grads[j] += gp
+                if len(ys) > 2:
+                    torch._foreach_add_(grads[:len(ys) - 2], list(ys[2:]))
             a = g
         if not bool(torch.isfinite(torch.stack([a.sum()] + [x.sum() for x in grads]).sum())):
             raise SolverError(f"the backward pass of the {cfg.method!r} solve produced a non-finite gradient (NaN or "
