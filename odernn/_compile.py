@@ -1,10 +1,17 @@
-"""``Solver(compile=True)``: the vector field, its adjoint and whole Dormand-Prince steps compiled with
-``torch.compile``.
+"""``Solver(compile=True)``: whole gaps of the fused loop, single Dormand-Prince steps, the vector field and its
+adjoint compiled with ``torch.compile``.
+
+The fused loop's hot path is :func:`compiled_gap`: a *gap block* holds the trial steps of a gap with the adaptive
+controller, the dense output at the gap's end and (adjoint) the parameter-gradient sums in one graph, so a gap costs
+one compiled call and one host synchronisation when its first trial step is accepted (most gaps, with warm starts);
+the single-step and field kinds serve the general loop (direct backpropagation, the rare gap that the blocks hand
+back).
 
 Compiled functions are built per dynamics (each with its own code object, hence its own dynamo cache) with static
-shapes: a new batch size compiles once more. Every first call per shape is timed and listed by :func:`compile_log`.
-Where no compiler is available (no C++ compiler on the CPU, no triton on CUDA) or compiling fails, the loop runs
-eagerly after one warning.
+shapes: a new batch size compiles once more. Every call that compiles is timed and listed by :func:`compile_log`,
+recompiles included. Where no compiler is available (no C++ compiler on the CPU, no triton on CUDA), compiling
+fails, or torch's recompile limit is reached, the loop runs eagerly after one warning. Compiled code is cached on
+disk by torch (inductor's FX-graph cache), so a second process compiles the same model much faster.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor, nn
+from torch._dynamo.exc import FailOnRecompileLimitHit
+from torch._dynamo.utils import counters as _DYNAMO_COUNTERS
 
 from ._nfe import BackwardCount
 from ._rk import DFACTOR, DOPRI5, DOPRI5_MID, IFACTOR, SAFETY
@@ -102,9 +111,14 @@ _WARNED: set = set()
 
 
 def compile_log() -> List[dict]:
-    """What ``Solver(compile=True)`` compiled in this process: one entry per first call of a compiled evaluation
-    (``kind`` "field" or "adjoint field", the dynamics class, state shape, dtype, device, grad mode) with
-    ``seconds``, the wall time of that first call (tracing and compiling included)."""
+    """Every compile that ``Solver(compile=True)`` caused in this process, recompiles included (a new batch size,
+    shape, dtype, device or grad mode, or a changed attribute of the dynamics that its compiled code depends on).
+
+    Each entry: ``kind`` (``"dopri5 gap block"``, ``"adjoint dopri5 gap block"``, ``"dopri5 step"``,
+    ``"adjoint dopri5 step"``, ``"field"``, ``"adjoint field"``), ``dynamics`` (its class name), ``state_shape``
+    (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile`` (``False`` for the
+    first compile of this kind for this dynamics) and ``seconds``, the wall time of the call that compiled (tracing
+    and compiling included; a compile found in torch's on-disk cache is fast)."""
     return [dict(e) for e in _LOG]
 
 
@@ -155,32 +169,52 @@ def _compiled(dyn: nn.Module, kind: str, z: Tensor) -> Optional[Callable]:
                    f"the CPU, triton on CUDA); running the solver loop eagerly")
         return None
     # static shapes: far less per-call overhead than dynamic ones; a new batch size compiles once more
+    # fullgraph: a graph break would put host synchronisations back into a step; it (and reaching torch's
+    # recompile limit) raises, and call_compiled then warns once and runs eagerly
     fn = entry[kind] = torch.compile(_fresh(_BASES[kind], f"{len(_LOG)}_{id(dyn):x}"), dynamic=False,
-                                     options=dict(_OPTIONS) or None)
+                                     fullgraph=True, options=dict(_OPTIONS) or None)
     return fn
 
 
+def _graphs_compiled() -> int:
+    return _DYNAMO_COUNTERS["stats"]["unique_graphs"]
+
+
 def call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable):
-    """Call the compiled ``kind`` of ``dyn`` (timing its first call per shape), or ``eager(*args)`` without one."""
+    """Call the compiled ``kind`` of ``dyn`` (logging every call that compiled), or ``eager(*args)`` without one.
+
+    When torch's recompile limit (``torch._dynamo.config.recompile_limit``) is reached for ``dyn``, or compiling
+    fails, one ``RuntimeWarning`` says so and ``dyn`` runs eagerly from then on."""
     fn = _compiled(dyn, kind, z)
     if fn is None:
         return eager(*args)
-    entry = _COMPILED[dyn]
-    key = (kind, tuple(z.shape[1:]), z.dtype, z.device.type, torch.is_grad_enabled())
-    if key in entry["seen"]:
-        return fn(dyn, *args)
+    before = _graphs_compiled()
     start = time.perf_counter()
     try:
         out = fn(dyn, *args)
+    except FailOnRecompileLimitHit:
+        _COMPILED[dyn]["eager"] = True
+        limit = torch._dynamo.config.recompile_limit
+        _warn_once(f"limit-{id(dyn):x}",
+                   f"Solver(compile=True): torch's recompile limit ({limit} compiles per function) was reached for "
+                   f"the {_KIND_NAMES[kind]} of {type(dyn).__name__} (state {tuple(z.shape)}, {z.dtype}): each new "
+                   f"batch size, shape, dtype or grad mode, and each change of an attribute the compiled code reads, "
+                   f"compiles once more. This dynamics now runs eagerly (slower, same results). Keep batch sizes "
+                   f"fixed (e.g. drop_last=True), or raise torch._dynamo.config.recompile_limit; odernn.compile_log() "
+                   f"lists the compiles")
+        return eager(*args)
     except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
-        entry["eager"] = True
+        _COMPILED[dyn]["eager"] = True
         _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
                                                  f"({type(e).__name__}: {e}); running the solver loop eagerly")
         return eager(*args)
-    entry["seen"].add(key)
-    _LOG.append(dict(kind=_KIND_NAMES[kind], dynamics=type(dyn).__name__, state_shape=tuple(z.shape),
-                     dtype=str(z.dtype), device=str(z.device), grad=torch.is_grad_enabled(),
-                     seconds=time.perf_counter() - start))
+    if _graphs_compiled() != before:
+        entry = _COMPILED[dyn]
+        recompile = kind in entry["seen"]
+        entry["seen"].add(kind)
+        _LOG.append(dict(kind=_KIND_NAMES[kind], dynamics=type(dyn).__name__, state_shape=tuple(z.shape),
+                         dtype=str(z.dtype), device=str(z.device), grad=torch.is_grad_enabled(),
+                         recompile=recompile, seconds=time.perf_counter() - start))
     return out
 
 

@@ -23,7 +23,10 @@ sequence to check the result is finite.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+import math
+import sys
+import warnings
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +38,8 @@ from ._nfe import BackwardCount
 from ._rk import TABLEAUS, RKSolve, fixed_grid
 from ._solver import Solver
 
-__all__ = ["FUSED_METHODS", "fused_supported", "Plan", "make_plan", "Sequence_", "run_sequence"]
+__all__ = ["FUSED_METHODS", "fused_supported", "Plan", "make_plan", "Sequence_", "run_sequence", "run_per_gap",
+           "check_time_resolution"]
 
 FUSED_METHODS = frozenset(TABLEAUS)
 
@@ -218,15 +222,20 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
 
 
 def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
-                  step: Optional[float], differentiable: bool, firsts: Optional[list] = None):
-    """Zpre (B, T, S): states arriving at each observation (plus ``probe``); Zpost: after the cell; last step."""
+                  step: Optional[float], differentiable: bool, firsts: Optional[list] = None,
+                  solve_gap: Optional[Callable] = None):
+    """Zpre (B, T, S): states arriving at each observation (plus ``probe``); Zpost: after the cell; last step.
+
+    ``solve_gap(seq, z, i, step, firsts) -> (z, step)`` moves the batch through gap ``i`` (default: the fused loop's
+    explicit Runge-Kutta solve; the reference path injects one torchdiffeq solve per gap)."""
     plan = seq.plan
     T = plan.dt.shape[1]
     active = plan.active
+    solve = _solve_forward if solve_gap is None else solve_gap
     pre, post = [], []
     for i in range(T):
         if plan.moves[i]:
-            z, step = _solve_forward(seq, z, i, step, firsts)
+            z, step = solve(seq, z, i, step, firsts)
         if probe is not None:
             z = z + probe[:, i]
         pre.append(z)
@@ -238,7 +247,7 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
         post.append(z)
     zpre = torch.stack(pre, dim=1)
     zpost = zpre if not plan.update else torch.stack(post, dim=1)
-    if not TABLEAUS[seq.cfg.method].err and not bool(torch.isfinite(zpost).all()):
+    if solve_gap is None and not TABLEAUS[seq.cfg.method].err and not bool(torch.isfinite(zpost).all()):
         raise SolverError(f"the forward solve ({seq.cfg.method!r}) produced a non-finite (NaN or inf) state: the "
                           f"dynamics blew up; use a smaller step_fraction, an adaptive method, or regularise the model")
     return zpre, zpost, step
@@ -330,9 +339,61 @@ class _SequenceAdjoint(torch.autograd.Function):
         return (None, None, None, a, gx, gprobe, *grads)
 
 
+#: A time-dependent field is refused times whose spacing in the model's dtype exceeds this fraction of the smallest gap.
+TIME_RESOLUTION = 1e-3
+
+
+def check_time_resolution(seq: Sequence_) -> None:
+    """Refuse (``time_dependent=True``) or warn about (a dynamics with its own ``forward``, which may not read ``t``)
+    absolute times that the model's dtype cannot resolve.
+
+    A time-dependent field receives ``t_from + s * dt``, formed in the precision of the given times and then cast to
+    the model's dtype. The gaps themselves are always kept (they are taken before the cast); only the time the field
+    reads is rounded: a float32 model reading epoch seconds (~1.7e9) sees time in steps of 128 s.
+
+    Raises:
+        ValueError: when the dynamics is time-dependent and the spacing of the model's dtype at the largest time
+            exceeds :data:`TIME_RESOLUTION` times the smallest gap.
+    """
+    plan = seq.plan
+    dtype = plan.dt.dtype
+    if not seq.needs_time or torch.finfo(plan.t_from.dtype).eps >= torch.finfo(dtype).eps:
+        return
+    moving = plan.dt > 0
+    if not bool(moving.any()):
+        return
+    t_max = float((plan.t_from.abs() + plan.dt.to(plan.t_from.dtype)).max())
+    gap = float(plan.dt[moving].min())
+    spacing = math.ulp(t_max) * torch.finfo(dtype).eps / sys.float_info.epsilon if t_max > 0 else 0.0
+    if spacing <= TIME_RESOLUTION * gap:
+        return
+    message = (f"the dynamics reads absolute time, which it receives in the model's dtype {dtype}: at |t| = "
+               f"{t_max:.6g} that dtype resolves only steps of {spacing:.3g}, coarser than {TIME_RESOLUTION:g} x the "
+               f"smallest gap ({gap:.3g}), so the field would see wrong times. Subtract an origin from the times "
+               f"(e.g. t - t[:, :1], and the same origin from t_start and t_future) or use a float64 model "
+               f"(model.double())")
+    if seq.dynamics.time_dependent:
+        raise ValueError(message)
+    warnings.warn(message + " (if your forward ignores t, this does not affect you)", RuntimeWarning, stacklevel=4)
+
+
+def run_per_gap(seq: Sequence_, z0: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
+                step: Optional[float], solve_gap: Callable):
+    """The reference path: the fused loop's recurrence with ``solve_gap`` (one torchdiffeq solve per gap) injected.
+    Returns what :func:`run_sequence` returns."""
+    check_time_resolution(seq)
+    return _forward_loop(seq, z0, cell_x, probe, step, True, solve_gap=solve_gap)
+
+
 def run_sequence(seq: Sequence_, z0: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
                  step: Optional[float]):
-    """Run the sequence. Returns ``(Zpre, Zpost, last accepted step)``; Zpre/Zpost are (B, T, S)."""
+    """Run the sequence. Returns ``(Zpre, Zpost, last accepted step)``; Zpre/Zpost are (B, T, S).
+
+    Raises:
+        ValueError: a time-dependent field given times its dtype cannot resolve (:func:`check_time_resolution`).
+        SolverError: a solve cannot finish.
+    """
+    check_time_resolution(seq)
     if not torch.is_grad_enabled():
         return _forward_loop(seq, z0, cell_x, probe, step, True)
     if not seq.cfg.adjoint:
