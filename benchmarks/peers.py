@@ -314,6 +314,9 @@ def diffrax_contender(w: Workload, best: bool):
 
 
 def _linear_layers(sd: dict, prefix: str) -> List[tuple]:
+    """``(weight, bias)`` of the linear layers of an ``nn.Sequential`` (or of a single ``nn.Linear``) at ``prefix``."""
+    if f"{prefix}weight" in sd:
+        return [(sd[f"{prefix}weight"], sd[f"{prefix}bias"])]
     idx = sorted({int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)})
     return [(sd[f"{prefix}{i}.weight"], sd[f"{prefix}{i}.bias"]) for i in idx]
 
@@ -386,6 +389,7 @@ def main() -> None:
     rows = []
     for name in args.workload or ["pv", "walker"]:
         rows += run(name, args.reps, args.only)
+        print(table([r for r in rows if r["workload"] == name]), flush=True)
     print(f"\ntorch {torch.__version__}, 1 thread, median of {args.reps} interleaved steps (process CPU time)\n")
     print(table(rows))
     print("\nodernn compile log:")

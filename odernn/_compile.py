@@ -232,9 +232,17 @@ def compiled_stepper(gap, solve, adjoint: bool) -> Callable:
     rms = cfg.norm == "rms"
     stages = len(DOPRI5.rows)
 
+    buffer: dict = {}
+
     def step(t: float, dt: float, y: List[Tensor], f: List[Tensor]):
         z = y[0]
-        dt_t = torch.tensor(dt, dtype=z.dtype, device=z.device)
+        if torch.is_grad_enabled():  # autograd may keep the step size for the backward pass: a fresh tensor
+            dt_t = torch.tensor(dt, dtype=z.dtype, device=z.device)
+        else:  # one 0-d tensor per solve, refilled (a host-to-device copy, no allocation)
+            dt_t = buffer.get(z.dtype)
+            if dt_t is None or dt_t.device != z.device:
+                dt_t = buffer[z.dtype] = torch.empty((), dtype=z.dtype, device=z.device)
+            dt_t.fill_(dt)
         if adjoint:
             params = dict(zip(gap.names, gap.params))
             out = call_compiled(gap.dyn, "adjoint step", z, (gap.time(0.0), z, y[1], f[0], f[1], dt_t, gap.scale,
@@ -259,9 +267,18 @@ def compiled_stepper(gap, solve, adjoint: bool) -> Callable:
 
 
 # -- whole gaps: a block of trial steps with the controller in the graph ----------------------------------------------
-#: Trial steps one compiled gap block holds. With warm starts most gaps take one or two accepted steps; a gap that needs
-#: more continues with further blocks from where the last one stopped (one host synchronisation per block).
-GAP_BLOCK_STEPS = 1
+#: Trial steps one compiled gap block holds, per device type. A block computes all of them (the ones after the gap's
+#: end are masked), so more steps cost arithmetic and save host synchronisations. On the CPU, where a synchronisation is
+#: only a read, one step per block measured fastest (plane-vibration HBNODE-RNN, benchmarks/peers.md: 0.117 s with 1,
+#: 0.126 s with 2); a GPU waits for every synchronisation, so there a block holds two steps: with warm starts about
+#: 98% of gaps finish within two (PV, Walker2D), i.e. one synchronisation per gap. Not measured on a GPU.
+GAP_BLOCK_STEPS = {"cpu": 1}
+GAP_BLOCK_STEPS_OTHER = 2
+
+
+def gap_block_steps(device: torch.device) -> int:
+    return GAP_BLOCK_STEPS.get(device.type, GAP_BLOCK_STEPS_OTHER)
+
 
 _F64 = torch.float64
 
@@ -416,7 +433,7 @@ def _const(value, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, first: float, adjoint: bool,
                  extra_evals: int = 0):
-    """The adaptive solve of one gap as compiled blocks of :data:`GAP_BLOCK_STEPS` trial steps
+    """The adaptive solve of one gap as compiled blocks of :func:`gap_block_steps` trial steps
     (``Solver(compile=True)``, dopri5, time-independent fields, no autograd recording).
 
     Every block runs the controller, the dense output and (for the adjoint) the parameter-gradient sums in one graph;
@@ -446,6 +463,7 @@ def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, fir
     dev = z.device
     rms = cfg.norm == "rms"
     kind = "adjoint gap" if adjoint else "gap"
+    steps = gap_block_steps(dev)
     s = _const(float(s_start), _F64, dev)
     dt = torch.tensor(first, dtype=_F64, device=dev)
     fresh = _const(True, torch.bool, dev)
@@ -463,11 +481,11 @@ def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, fir
     while True:
         if adjoint:
             out = call_compiled(gap.dyn, kind, z, (t, z, a, p, fz, fa, fp, fresh, s, dt, z_end, a_end, p_end,
-                                                   gap.scale, params, cfg.rtol, cfg.atol, rms, GAP_BLOCK_STEPS,
+                                                   gap.scale, params, cfg.rtol, cfg.atol, rms, steps,
                                                    s_end), no_compiler)
         else:
             out = call_compiled(gap.dyn, kind, z, (t, y, f, fresh, s, dt, y_end, last, gap.scale, cfg.rtol,
-                                                   cfg.atol, rms, GAP_BLOCK_STEPS, s_end), no_compiler)
+                                                   cfg.atol, rms, steps, s_end), no_compiler)
         if out is None:
             return None
         stats = out[-1].tolist()  # the one host synchronisation of a block

@@ -190,6 +190,8 @@ def _solve_blocks(gap: _Gap, solve: RKSolve, y0: List[Tensor], s0: float, s1: fl
         gap.count = lambda backward: None  # an instance attribute shadowing the method: counted on success below
         try:
             first = solve.initial_step(s0, y0, gap(s0, y0[:solve.n_active]))
+        except SolverError:  # the general loop repeats the rule, counts its evaluations and raises
+            return None
         finally:
             gap.compile = saved
             del gap.count

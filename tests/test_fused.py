@@ -11,6 +11,8 @@ from torch import nn
 import odernn
 
 B, T, K, H, O = 3, 5, 2, 3, 2
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="needs a C++ compiler")
 NAMES = ["node", "anode", "sonode", "hbnode", "ghbnode"]
 
 
@@ -177,28 +179,53 @@ def test_blow_up_raises_solver_error(method, extra, adjoint):
         m(x, 10 * t).sum().backward()
 
 
-def test_nan_field_raises_promptly():
-    class NaNNet(nn.Module):
-        def forward(self, h):
-            return h * float("nan")
+class _NaNNet(nn.Module):
+    def forward(self, h):
+        return h * float("nan")
 
-    m = odernn.ODERNN(odernn.NODE(NaNNet()), K, 2, O).double()
+
+def test_nan_field_raises_promptly():
+    m = odernn.ODERNN(odernn.NODE(_NaNNet()), K, 2, O).double()
     x, t, _ = _data()
     with odernn.nfe_counter(m) as nfe, pytest.raises(odernn.SolverError, match="non-finite"):
         m(x, t)
     assert nfe.forward < 100  # a few rejected steps, not a runaway
 
 
-needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                    reason="needs a C++ compiler")
+class _BlowUp(nn.Module):
+    def forward(self, h):
+        return 100 * h * h + 10  # h' = 100 h^2 + 10 blows up within 0.05 time units
 
 
 @needs_compiler
-@pytest.mark.parametrize("warm_start", [True, False])
-def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start):
+@pytest.mark.parametrize("net", [_NaNNet, _BlowUp])
+def test_compiled_blocks_hand_a_failing_gap_to_the_general_loop(net):
+    """A NaN field, or a state blowing up inside a compiled block (a non-finite error estimate): the gap is solved
+    again by the general loop, which raises exactly as without compiling (the same message, the same evaluations)."""
+    counts, messages = [], []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        m = odernn.ODERNN(odernn.NODE(net()), K, 2, O, solver=odernn.Solver(compile=compile_)).double()
+        x, t, _ = _data()
+        with odernn.nfe_counter(m) as nfe, pytest.raises(odernn.SolverError) as err, torch.no_grad():
+            m(x, t)
+        counts.append(nfe.forward)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert counts[0] == counts[1]
+
+
+@needs_compiler
+@pytest.mark.parametrize("warm_start,steps", [(True, 1), (False, 1), (True, 3)])
+def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, steps, monkeypatch):
     """Solver(compile=True) runs whole gaps as compiled blocks (controller, dense output and adjoint parameter sums in
     the graph): the same accepted steps and NFE, forward and backward, as the eager fused loop, and the same values
-    to round-off (float64), with masks, a start time, clipping, a forecast and inference without a graph."""
+    to round-off (float64), with masks, a start time, clipping, a forecast and inference without a graph. ``steps``
+    trial steps per block: 1 on the CPU; 3 exercises the masked speculative steps that a GPU's blocks hold, and
+    cold starts (no warm start) exercise the initial-step rule and continued blocks."""
+    from odernn import _compile
+
+    monkeypatch.setitem(_compile.GAP_BLOCK_STEPS, "cpu", steps)
     x, t, mask = _data(7)
     t_start = t[:, 0] - 0.3
     tf = t[:, -1:] + torch.tensor([[0.4, 1.1]], dtype=t.dtype)
