@@ -1,5 +1,5 @@
 # odernn: `make demo` runs the quick-start demo, `make test` runs the test suite.
-# `make reproduce` runs the full-length sequence protocol of issue 13 (DEVICE=cuda on a GPU machine; extra flags of
+# `make reproduce` runs the full-length protocols of issues 13 and 17 (DEVICE=cuda on a GPU machine; extra flags of
 # python -m recipes.reproduce in REPRODUCE_ARGS). All create a local virtual environment (.venv) on first use.
 
 PYTHON ?= python3

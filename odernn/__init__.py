@@ -14,6 +14,7 @@ from ._solver import Solver, SolverConfig
 from ._nfe import CountedField, NFECount, nfe_counter
 from ._compile import compile_log
 from ._odernn import MLP, ODERNN, Encoding
+from ._presets import paper_solver, solving_with
 
 __version__ = "0.1.0"
 
@@ -21,7 +22,7 @@ __all__ = [
     "ANODE", "GHBNODE", "HBNODE", "NODE", "SONODE", "Dynamics", "make_dynamics",
     "ODEBlock", "Solver", "SolverConfig", "SolverError", "odesolve",
     "NFECount", "nfe_counter", "CountedField", "clip_adjoint",
-    "MLP", "ODERNN", "Encoding", "compile_log",
+    "MLP", "ODERNN", "Encoding", "compile_log", "paper_solver", "solving_with",
     "ODERNNForecaster",
 ]
 

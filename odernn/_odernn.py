@@ -25,8 +25,8 @@ class Encoding:
     Attributes:
         states: (B, T, S) the whole ODE state after each observation's cell update.
         prior_states: (B, T, S) the state *arriving* at each observation, before the cell sees it.
-        t_last: (B,) each sample's last active observation time (or its start time if it has none), in the dtype of
-            the given times.
+        t_last: (B,) each sample's last active observation time (or its ``t_start`` if it has none), in the dtype of
+            the given times; NaN for a sample with no observed row and no ``t_start`` (it cannot be extrapolated).
         step: the last accepted step size in time units (warm start for :meth:`ODERNN.extrapolate`), or ``None``.
 
     The derived views are computed on first access: ``outputs`` (B, T, output_size), the readout after each update
@@ -66,6 +66,45 @@ class _Inputs(NamedTuple):
     t_start: Optional[Tensor]  # (B,) in the dtype of t, or None
 
 
+def _first_active(t: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+    """(B,) each sample's first active time (its first stamp where it has none) and (B,) whether it has one."""
+    has = active.any(dim=1)
+    first = torch.where(active, t, torch.full_like(t, torch.inf)).min(dim=1).values
+    return torch.where(has, first, t[:, 0]), has
+
+
+def _gaps(t: Tensor, active: Optional[Tensor], t_start: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Plan the gaps of a batch, in the precision of ``t``.
+
+    Each step starts where the sample's last active observation was; without ``t_start`` a sample starts at its
+    first *active* observation, so fully masked rows (padding), leading ones included, neither move the state nor
+    set a time. A sample with no active row and no ``t_start`` never moves; its ``t_last`` is NaN (it has no time to
+    continue from, see :meth:`ODERNN.extrapolate`).
+
+    Args:
+        t: (B, T) times; active: (B, T) bool or None (all active); t_start: (B,) or None.
+
+    Returns:
+        ``t_prev`` (B, T) where each step's solve starts (finite everywhere), ``dt`` (B, T) the gaps (0 where the
+        sample does not move), ``t_last`` (B,) the last active time (or ``t_start``).
+    """
+    if active is None:
+        start = t[:, 0] if t_start is None else t_start
+        t_prev = torch.cat([start.unsqueeze(1), t[:, :-1]], dim=1)
+        return t_prev, t - t_prev, t[:, -1]
+    if t_start is None:
+        start, has = _first_active(t, active)
+    else:
+        start, has = t_start, None
+    seen = torch.where(active, t, torch.full_like(t, -torch.inf)).cummax(dim=1).values
+    t_prev = torch.maximum(torch.cat([start.unsqueeze(1), seen[:, :-1]], dim=1), start.unsqueeze(1))
+    t_last = torch.maximum(seen[:, -1], start)
+    if has is not None:
+        t_last = torch.where(has, t_last, torch.full_like(t_last, torch.nan))
+    dt = torch.where(active, t - t_prev, torch.zeros((), dtype=t.dtype, device=t.device))
+    return t_prev, dt, t_last
+
+
 class MLP(nn.Sequential):
     """A plain multilayer perceptron ``in -> width -> act -> ... -> out``.
 
@@ -98,7 +137,10 @@ class ODERNN(nn.Module):
     Each sample moves through its *own* gap in one batched solve (time rescaling: ``dz/ds = dt_b f(t, z)``,
     ``s in [0, 1]``), and step-size control uses the worst sample by default, so results do not depend on how a batch
     is composed. A step whose features are all masked (padding, or nothing observed) is skipped: neither the ODE nor
-    the cell moves the state, and the next gap is measured from the sample's last active observation.
+    the cell moves the state, and the next gap is measured from the sample's last active observation. Without
+    ``t_start`` a sample starts at its first observed row, so masked rows never set a time: their stamps and values,
+    leading, inner or trailing, do not change any result. A sample with no observed row keeps its initial state at
+    every step; without ``t_start`` it has no time to continue from, and ``extrapolate``/``forecast`` refuse it.
 
     Args:
         dynamics: ``"node" | "anode" | "sonode" | "hbnode" | "ghbnode"`` or an :class:`odernn.Dynamics` module
@@ -121,7 +163,8 @@ class ODERNN(nn.Module):
         feed_mask: append the observation mask to the cell's input.
         readout: module mapping ``hidden(z)`` (batch, H) to (batch, output_size); default ``nn.Linear``.
         initial_state: module mapping the values ``x`` (batch, time, k), unobserved entries zeroed, to the initial
-            state (batch, state); default a zero state.
+            state (batch, state); default a zero state. It sees padded rows as zeros at their positions, so the
+            padding-invariance above holds for it only if it ignores where the zeros are.
         warm_start: start each gap's adaptive solve (forward and adjoint) with the last accepted step size of the
             previous gap instead of the initial-step heuristic (which costs an extra evaluation and usually starts
             far too small on short gaps). Accuracy is still controlled by rtol/atol.
@@ -258,8 +301,20 @@ class ODERNN(nn.Module):
             if t_start.shape != (B,):
                 raise ValueError(f"{start_name} must have shape ({B},), got {tuple(t_start.shape)}")
             t_start = t_start.to(t.dtype) if t_start.dtype != t.dtype else t_start
-            if not (t_start < t[:, 0]).all():
-                raise ValueError(f"{start_name} must be strictly before each sample's first observation time")
+            if not torch.isfinite(t_start).all():
+                raise ValueError(f"{start_name} contains NaN or inf; start times must be finite")
+            # before the first *observed* row: fully masked rows (padding) set no time, whatever their stamps
+            if mask is None:
+                first = t[:, 0]
+            else:
+                first, has = _first_active(t, mask.any(dim=-1))
+                first = torch.where(has, first, torch.full_like(first, torch.inf))
+            bad = ~(t_start < first)
+            if bad.any():
+                b = int(bad.nonzero()[0])
+                raise ValueError(f"{start_name} must be strictly before each sample's first observation time; "
+                                 f"sample {b} has {start_name}={t_start[b].item()!r} and its first observed row at "
+                                 f"t={first[b].item()!r}")
         return _Inputs(x, t, mask, t_start)
 
     @staticmethod
@@ -315,10 +370,12 @@ class ODERNN(nn.Module):
             t: (B, T) absolute, strictly increasing observation times per sample (or (T,) shared by all), in any
                 floating dtype (gaps are taken in that precision).
             mask: None (all observed), (B, T) or (B, T, input_size) bool, True where observed. A step whose
-                features are all masked is skipped (neither the ODE nor the cell moves that sample).
-            t_start: (B,) optional start times before ``t[:, 0]``: the initial state is evolved to the first
-                observation (``t0`` is the older name of this argument). Without it the first observation time is
-                the start.
+                features are all masked is skipped (neither the ODE nor the cell moves that sample), whatever its
+                stamp and values, leading and trailing steps included.
+            t_start: (B,) optional finite start times before each sample's first observed row: the initial state is
+                evolved to that observation (``t0`` is the older name of this argument). Without it the first
+                observed row's time is the start (stamps of fully masked rows before it are ignored). A sample with
+                no observed row keeps its initial state; its ``t_last`` is ``t_start``, or NaN without one.
             probe: optional (B, T, S) tensor added to the state arriving at each observation. Zeros with
                 ``requires_grad=True`` leave the result unchanged and make ``probe.grad`` the adjoint
                 :math:`\partial L / \partial z_i^-` that backpropagation carries into each gap's backward solve
@@ -347,17 +404,7 @@ class ODERNN(nn.Module):
             x_in = torch.where(mask, x, zero)
             active = mask.any(dim=-1)  # (B, T)
             cell_x = torch.cat([x_in, mask.to(x.dtype)], dim=-1) if self.feed_mask else x_in
-        # Gaps, in the precision of t: each step starts where the sample's last active observation was.
-        start = t[:, 0] if inp.t_start is None else inp.t_start
-        if active is None:
-            t_prev = torch.cat([start.unsqueeze(1), t[:, :-1]], dim=1)
-            t_last = t[:, -1]
-            dt = t - t_prev
-        else:
-            seen = torch.where(active, t, torch.full_like(t, -torch.inf)).cummax(dim=1).values
-            t_prev = torch.maximum(torch.cat([start.unsqueeze(1), seen[:, :-1]], dim=1), start.unsqueeze(1))
-            t_last = torch.maximum(seen[:, -1], start)
-            dt = torch.where(active, t - t_prev, torch.zeros((), dtype=t.dtype, device=t.device))
+        t_prev, dt, t_last = _gaps(t, active, inp.t_start)
         plan = make_plan(dt.to(x.dtype), t_prev, active, update=True)
         if self.initial_state is not None:
             z = self.initial_state(x_in)
@@ -391,6 +438,11 @@ class ODERNN(nn.Module):
             raise ValueError(f"t_future must have shape ({B}, n_future >= 1), got {tuple(t_future.shape)}")
         if not torch.isfinite(t_future).all():
             raise ValueError("t_future contains NaN or inf")
+        unset = torch.isnan(t_last)
+        if unset.any():
+            b = int(unset.nonzero()[0])
+            raise ValueError(f"sample {b} has no observed row and was encoded without t_start, so it has no time to "
+                             f"continue from; pass t_start to encode (or forecast) for it, or drop the sample")
         tdt = torch.promote_types(t_future.dtype, t_last.dtype)
         t_future, t_last = t_future.to(tdt), t_last.to(tdt)
         if t_future.shape[1] > 1 and not (t_future.diff(dim=1) > 0).all():

@@ -123,6 +123,19 @@ class Solver:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def paper_design(self) -> "Solver":
+        """This solver as the HBNODE paper's code solved its ODE-RNNs: one torchdiffeq solve per gap
+        (``fused=False``), step-size control by the RMS over the whole batch (``norm="rms"``), and an adjoint whose
+        step size is also controlled by the parameter-gradient channels (``seminorm=False``); not compiled. Method,
+        tolerances, adjoint and step settings are kept.
+
+        The paper's NFE figures come from this design; use it to compare with them (with
+        :func:`odernn.solving_with` and ``warm_start=False``, each gap also starts from torchdiffeq's initial-step
+        heuristic, as in the paper's code). Steps differ from the default design, so results agree only to the
+        solver's tolerance.
+        """
+        return self.replace(fused=False, norm="rms", seminorm=False, compile=False)
+
     @property
     def adaptive(self) -> bool:
         """Whether the method controls its step size (rtol/atol apply)."""

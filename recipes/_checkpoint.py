@@ -30,7 +30,7 @@ from ._files import atomic_save, jsonable
 from ._random import rng_state, set_rng_state
 
 __all__ = ["CHECKPOINT_NAME", "FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "settings_of",
-           "settings_differences", "check_resume_settings"]
+           "settings_differences", "check_resume_settings", "owner_record", "checkpoint_owner"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 2
@@ -97,7 +97,83 @@ def _read(path: Path, trusted: bool) -> dict:
         ckpt["meta"] = json.loads(ckpt["meta"])
     except (TypeError, ValueError) as e:
         raise _fail(path, f"its metadata is not valid JSON ({e})") from None
+    _check_content(path, ckpt)
     return ckpt
+
+
+#: What a format-2 checkpoint's random state holds: ``rng`` tensors (name: dtype, number of entries or None) and
+#: ``meta["rng"]`` numbers (name: accepted JSON types), as :func:`recipes._random.rng_state` writes them.
+_RNG_TENSORS = {"python": (torch.int64, 625), "numpy": (torch.int64, 624), "torch": (torch.uint8, None)}
+_RNG_NUMBERS = {"python_version": (int,), "python_gauss": (float, int, type(None)), "numpy_name": (str,),
+                "numpy_pos": (int,), "numpy_has_gauss": (int,), "numpy_gauss": (float, int)}
+
+
+_MISSING = object()
+
+
+def _kind(v: Any) -> str:
+    if v is _MISSING:
+        return "missing"
+    if isinstance(v, torch.Tensor):
+        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+    return f"{v!r} ({type(v).__name__})" if len(repr(v)) < 60 else f"a {type(v).__name__}"
+
+
+def _check_content(path: Path, ckpt: dict) -> None:
+    """Refuse a readable format-2 checkpoint whose fields were removed or edited, naming the field."""
+    def bad(field: str, found: Any, expected: str) -> CheckpointError:
+        return _fail(path, f"field {field} is {_kind(found)}, expected {expected} (the file was edited or damaged)")
+
+    epoch = ckpt["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise bad("'epoch'", epoch, "a non-negative integer (the last completed epoch)")
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not model:
+        raise bad("'model'", model, "a non-empty state dict (parameter name -> tensor)")
+    for k, v in model.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise bad(f"'model'[{k!r}]", v, "a tensor under a parameter name")
+    opt = ckpt["optimizer"]
+    if not isinstance(opt, dict):
+        raise bad("'optimizer'", opt, "an optimizer state dict")
+    for key, kind in (("state", dict), ("param_groups", list)):
+        if not isinstance(opt.get(key), kind):
+            raise bad(f"'optimizer'[{key!r}]", opt.get(key, _MISSING), f"a {kind.__name__}")
+    for i, g in enumerate(opt["param_groups"]):
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list):
+            raise bad(f"'optimizer'['param_groups'][{i}]", g, "a dict with a 'params' list")
+    gen = ckpt["generator"]
+    if gen is not None and not (isinstance(gen, torch.Tensor) and gen.dtype == torch.uint8 and gen.dim() == 1):
+        raise bad("'generator'", gen, "None or a torch.uint8 generator state")
+    rng = ckpt["rng"]
+    if not isinstance(rng, dict):
+        raise bad("'rng'", rng, f"a dict of random states {sorted(_RNG_TENSORS)}")
+    for name, (dtype, n) in _RNG_TENSORS.items():
+        v = rng.get(name, _MISSING)
+        if not (isinstance(v, torch.Tensor) and v.dtype == dtype and v.dim() == 1 and (n is None or v.numel() == n)):
+            raise bad(f"'rng'[{name!r}]", v, f"a {dtype} tensor" + (f" of {n} entries" if n else ""))
+    cuda = rng.get("cuda", [])
+    if not (isinstance(cuda, list) and all(isinstance(c, torch.Tensor) and c.dtype == torch.uint8 for c in cuda)):
+        raise bad("'rng'['cuda']", cuda, "a list of torch.uint8 tensors")
+    meta = ckpt["meta"]
+    if not isinstance(meta, dict):
+        raise bad("'meta'", meta, "a JSON object")
+    numbers = meta.get("rng", _MISSING)
+    if not isinstance(numbers, dict):
+        raise bad("'meta' -> 'rng'", numbers, f"a JSON object with {sorted(_RNG_NUMBERS)}")
+    for name, kinds in _RNG_NUMBERS.items():
+        v = numbers.get(name, _MISSING)
+        if not isinstance(v, kinds) or isinstance(v, bool):
+            raise bad(f"'meta' -> 'rng' -> {name!r}", v, " or ".join(k.__name__ for k in kinds))
+    if "epoch" in meta and meta["epoch"] != epoch:
+        raise _fail(path, f"field 'epoch' is {epoch} but 'meta' -> 'epoch' is {meta['epoch']!r}: one of them was "
+                          f"edited")
+    extra = meta.get("extra", {})
+    if not isinstance(extra, dict):
+        raise bad("'meta' -> 'extra'", extra, "a JSON object")
+    for key, kind in (("settings", dict), ("model", str), ("recipe", str), ("run_folder", str)):
+        if key in extra and not isinstance(extra[key], kind):
+            raise bad(f"'meta' -> 'extra' -> {key!r}", extra[key], "a JSON " + ("object" if kind is dict else "string"))
 
 
 def load_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module,
@@ -117,7 +193,8 @@ def load_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module,
 
     Raises:
         FileNotFoundError: if there is no checkpoint. CheckpointError (a ValueError): for an empty, truncated, foreign
-        or unsafe file, or one whose model does not fit ``model``.
+        or unsafe file, one whose fields were removed or edited (naming the field), or one whose model does not fit
+        ``model``.
     """
     path = Path(path)
     ckpt = _read(path, trusted)
@@ -129,10 +206,14 @@ def load_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module,
         unwrap(model).load_state_dict(ckpt["model"])
         if optimizer is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise _fail(path, f"it holds a different model or optimizer than this run builds ({e})") from None
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise _fail(path, f"it holds a different model or optimizer than this run builds ({' '.join(str(e).split())})"
+                    ) from None
     if generator is not None and ckpt.get("generator") is not None:
-        generator.set_state(ckpt["generator"])
+        try:
+            generator.set_state(ckpt["generator"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise _fail(path, f"field 'generator' is not a state of this run's data-loader generator ({e})") from None
     if restore_rng:
         if ckpt["format"] == 1:
             import random
@@ -142,7 +223,11 @@ def load_checkpoint(path: Union[str, os.PathLike], *, model: nn.Module,
             np.random.set_state(ckpt["rng"]["numpy"])
             torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         else:
-            set_rng_state({"tensors": ckpt["rng"], "numbers": meta["rng"]})
+            try:
+                set_rng_state({"tensors": ckpt["rng"], "numbers": meta["rng"]})
+            except (RuntimeError, TypeError, ValueError, KeyError, OverflowError) as e:
+                raise _fail(path, f"fields 'rng' / 'meta' -> 'rng' do not form a random state that can be restored "
+                                  f"({type(e).__name__}: {e})") from None
     return {"epoch": int(ckpt["epoch"]), "extra": dict(meta.get("extra") or {}), "meta": meta}
 
 
@@ -185,3 +270,22 @@ def check_resume_settings(path: Union[str, os.PathLike], saved: Mapping[str, Any
         raise CheckpointError(f"--resume refused: the settings differ from those of the checkpoint {path}: {flags}. "
                               f"A resumed run must continue the same run; only {may} may change. Rerun with the "
                               f"checkpoint's values, or start a new run with --overwrite or another --out")
+
+
+def owner_record(folder: Union[str, os.PathLike], checkpoint: Union[str, os.PathLike]) -> str:
+    """How a checkpoint names the run folder it belongs to: the folder's path relative to the checkpoint's own folder
+    (``"."`` when it lies in the run folder). Relative, so a copy of both (a fresh clone elsewhere) still matches."""
+    return Path(os.path.relpath(Path(folder).resolve(), Path(checkpoint).resolve().parent)).as_posix()
+
+
+def checkpoint_owner(path: Union[str, os.PathLike]) -> Optional[str]:
+    """The run folder a checkpoint belongs to (its :func:`owner_record`), or None for a checkpoint written before
+    checkpoints recorded it.
+
+    Raises:
+        CheckpointError: for a file that is not a readable odernn checkpoint.
+    """
+    ckpt = _read(Path(path), trusted=False)
+    extra = ckpt["meta"].get("extra") if isinstance(ckpt.get("meta"), dict) else None
+    owner = extra.get("run_folder") if isinstance(extra, dict) else None
+    return owner if isinstance(owner, str) else None

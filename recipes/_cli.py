@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import odernn
 
-__all__ = ["RecipeError", "RecipeParser", "RESUME_SAFE_FLAGS", "base_parser", "add_hybrid_flags", "xi_kwargs",
+__all__ = ["RecipeError", "RecipeParser", "RESUME_SAFE_FLAGS", "base_parser", "lr_schedule_arg", "parse_lr_schedule",
+           "add_hybrid_flags", "xi_kwargs",
            "expand_models", "positive_int", "nonnegative_int", "positive_float", "folder_path", "solver_from_args",
            "solver_settings", "run_cli"]
 
@@ -36,16 +37,18 @@ class RecipeError(RuntimeError):
 #: Settings a ``--resume`` may change: they do not change what is computed (how long, where, how fast, how it is
 #: shown, where files go). ``data_root``: the loaders verify the registered SHA-256 of every file they read.
 #: ``compile``: the same arithmetic, compiled (results may differ in the last bits).
+#: ``paper_nfe_every``: the paper-solver probe only measures (see :func:`recipes._loops.paper_solver_nfe`).
 RESUME_SAFE_FLAGS = frozenset({"epochs", "threads", "device", "workers", "progress", "resume", "overwrite", "out",
-                               "checkpoint_dir", "data_root", "download", "argv", "model", "compile", "step_kind"})
+                               "checkpoint_dir", "data_root", "download", "argv", "model", "compile", "step_kind",
+                               "paper_nfe_every"})
 #: Settings added after a run may have started, with the value that reproduces what runs did before they existed: a
 #: checkpoint without them resumes when they have that value now.
-ADDED_SETTINGS = {"method": "dopri5", "step": None}
+ADDED_SETTINGS = {"method": "dopri5", "step": None, "lr_schedule": None, "paper_nfe_every": 0}
 
 _DEFAULTS = dict(epochs=500, max_batches=None, max_eval_batches=None, batch_size=64, eval_batch_size=None, lr=1e-3,
                  method="dopri5", rtol=1e-7, atol=1e-7, adjoint=True, step=None, compile="auto", adjoint_clip=None,
                  seed=0, device="auto", out=None, checkpoint_dir=None, resume=False, overwrite=False, threads=None,
-                 workers=0, progress=None)
+                 workers=0, progress=None, lr_schedule=None, paper_nfe_every=0)
 _NO_COMPILER = r"Solver\(compile=True\): no compiler"
 
 
@@ -80,6 +83,45 @@ def positive_float(s: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
     return v
+
+
+def parse_lr_schedule(s: str) -> tuple[tuple[int, float], ...]:
+    """``"0:1e-3,50:3e-3"`` -> ``((0, 0.001), (50, 0.003))``: ``E:LR`` pairs, the rate ``LR`` applying once ``E``
+    epochs are done (``metrics.csv`` epoch ``E + 1`` on; ``E`` counts as the official code's 0-based epoch index).
+
+    Raises:
+        ValueError: unless the pairs are ``int:number``, the first epoch is 0, epochs strictly increase and every
+            rate is a positive finite number.
+    """
+    pairs = []
+    for part in str(s).replace(" ", "").split(","):
+        epoch, sep, lr = part.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            e, r = int(epoch), float(lr)
+        except ValueError:
+            raise ValueError(f"expected EPOCH:LR pairs separated by commas (e.g. 0:1e-3,50:3e-3), got {s!r} "
+                             f"(cannot read {part!r})") from None
+        if e < 0 or not (r > 0 and math.isfinite(r)):
+            raise ValueError(f"{part!r} in {s!r}: the epoch must be 0 or more and the rate a positive finite number")
+        pairs.append((e, r))
+    if pairs[0][0] != 0:
+        raise ValueError(f"a schedule starts at epoch 0 (the rate of the first epoch), got {s!r}")
+    if any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
+        raise ValueError(f"the epochs of a schedule must strictly increase, got {s!r}")
+    return tuple(pairs)
+
+
+def lr_schedule_arg(s: str) -> str:
+    """argparse type of ``--lr-schedule``: ``official`` or a schedule :func:`parse_lr_schedule` accepts, returned
+    in one canonical spelling (``0:0.001,50:0.003``) so that equal schedules compare equal on resume."""
+    if s.strip().lower() == "official":
+        return "official"
+    try:
+        return ",".join(f"{e}:{r!r}" for e, r in parse_lr_schedule(s))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def folder_path(s: str) -> str:
@@ -199,7 +241,16 @@ def base_parser(description: str, *, models: Sequence[str], defaults: Optional[M
     p.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="training batch size")
     p.add_argument("--eval-batch-size", type=positive_int, default=d["eval_batch_size"],
                    help="evaluation batch size; default: --batch-size")
-    p.add_argument("--lr", type=positive_float, default=d["lr"], help="Adam learning rate")
+    p.add_argument("--lr", type=positive_float, default=d["lr"], help="Adam learning rate (constant; see --lr-schedule)")
+    p.add_argument("--lr-schedule", type=lr_schedule_arg, default=d["lr_schedule"], metavar="{official,E:LR,...}",
+                   help="learning-rate schedule instead of the constant --lr: EPOCH:LR pairs (e.g. 0:1e-3,50:3e-3: "
+                        "rate 1e-3 for the first 50 epochs, then 3e-3), or 'official' for the official code's "
+                        "schedule of each model. At every later boundary a NEW Adam optimizer is created (its "
+                        "moment estimates start again), as the official code does")
+    p.add_argument("--paper-nfe-every", type=nonnegative_int, default=d["paper_nfe_every"], metavar="N",
+                   help="every N epochs (and after epoch 1) also measure forward/backward NFE on a fixed training "
+                        "batch and forward NFE on a fixed test batch with the paper's solver design "
+                        "(odernn.paper_solver); columns paper_*_nfe of metrics.csv. 0: never. Training is unchanged")
     p.add_argument("--method", default=d["method"], help="ODE solver method (torchdiffeq names: dopri5, rk4, ...)")
     p.add_argument("--rtol", type=positive_float, default=d["rtol"], help="relative tolerance of adaptive methods")
     p.add_argument("--atol", type=positive_float, default=d["atol"], help="absolute tolerance of adaptive methods")

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._cli import RecipeError
+
 __all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_csv",
-           "read_csv", "jsonable"]
+           "read_csv", "read_json_object", "jsonable", "FileContentError"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -136,10 +138,99 @@ def atomic_write_csv(rows: Sequence[Mapping[str, Any]], path: PathLike,
     return atomic_write_text(buf.getvalue(), path)
 
 
-def read_csv(path: PathLike) -> list[dict[str, Any]]:
-    """Read a CSV written by :func:`atomic_write_csv`; numbers come back as int/float, empty cells as None."""
-    with open(path, newline="") as f:
-        return [{k: _parse_cell(v) for k, v in r.items()} for r in csv.DictReader(f)]
+class FileContentError(RecipeError, ValueError):
+    """A file the recipes wrote (a CSV, a JSON record) whose content cannot be read back as written: the message
+    names the file, the line and what to do."""
+
+
+def _text(path: PathLike, todo: str) -> str:
+    """The file's UTF-8 text; a byte-order mark (what spreadsheets add) is dropped."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise FileContentError(f"{path}, line {line}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
+                               f"{e.start}); {todo}") from None
+
+
+def read_csv(path: PathLike, *, todo: str = "fix or remove the file") -> list[dict[str, Any]]:
+    """Read a CSV written by :func:`atomic_write_csv`; numbers come back as int/float, empty cells as None.
+
+    A UTF-8 byte-order mark (a file re-saved by a spreadsheet) is harmless. Anything that cannot be read exactly is
+    refused rather than skipped.
+
+    Args:
+        path: the file.
+        todo: what the user should do, appended to error messages.
+
+    Raises:
+        FileContentError: for text that is not UTF-8, a header with an empty or repeated column name (an empty
+            column with no values is dropped), or a row with more or fewer cells than the header, naming the file
+            and the line.
+    """
+    text = _text(path, todo)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        parsed = [(reader.line_num, row) for row in reader]
+    except csv.Error as e:
+        raise FileContentError(f"{path}, line {reader.line_num}: not valid CSV ({e}); {todo}") from None
+    rows = []
+    for line, cells in parsed:
+        if not cells:  # a blank line
+            continue
+        if len(cells) != len(header):
+            raise FileContentError(f"{path}, line {line}: {len(cells)} cell(s) but the header (line 1) has "
+                                   f"{len(header)} columns; {todo}")
+        rows.append((line, cells))
+    keep = []
+    for j, name in enumerate(header):
+        if name.strip() == "":
+            used = [line for line, cells in rows if cells[j].strip() != ""]
+            if used:
+                raise FileContentError(f"{path}, line {used[0]}: a value in column {j + 1}, which has no name in "
+                                       f"the header; {todo}")
+            continue  # an empty, unnamed column (a trailing comma): nothing to read
+        keep.append(j)
+    names = [header[j] for j in keep]
+    if len(set(names)) != len(names):
+        dup = sorted({c for c in names if names.count(c) > 1})
+        raise FileContentError(f"{path}, line 1: column(s) {dup} appear more than once in the header; {todo}")
+    out = []
+    for line, cells in rows:
+        row = {header[j]: _parse_cell(cells[j]) for j in keep}
+        out.append(_Row(row, line))
+    return out
+
+
+class _Row(dict):
+    """A CSV row (a plain dict) that remembers its line in the file, for error messages."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, values: Mapping[str, Any], line: int) -> None:
+        super().__init__(values)
+        self.line = line
+
+
+def read_json_object(path: PathLike, *, todo: str = "fix or remove the file") -> dict[str, Any]:
+    """Read a JSON object (``summary.json``, ``config.json``, ...).
+
+    Raises:
+        FileContentError: for text that is not UTF-8, invalid JSON (with the line and column) or JSON that is not
+            an object, naming the file.
+    """
+    text = _text(path, todo)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileContentError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}); {todo}") from None
+    if not isinstance(value, dict):
+        raise FileContentError(f"{path}: expected a JSON object ({{...}}), found a {type(value).__name__}; {todo}")
+    return value
 
 
 def _parse_cell(s: Optional[str]) -> Any:

@@ -19,7 +19,10 @@ import odernn
 from ._distributed import DistContext, all_reduce_sums, unwrap
 
 __all__ = ["LossFn", "TrainingDiverged", "progress", "nfe_counter_for", "train_epoch", "evaluate", "to_device",
-           "batch_size_of", "count_parameters"]
+           "batch_size_of", "count_parameters", "PAPER_NFE_COLUMNS", "first_batch", "paper_solver_nfe"]
+
+#: The ``metrics.csv`` columns of the paper-solver probe (empty on epochs without a probe).
+PAPER_NFE_COLUMNS = ("paper_forward_nfe", "paper_backward_nfe", "paper_test_nfe", "paper_probe_seconds")
 
 LossFn = Callable[[nn.Module, Any], Union[Tensor, Mapping[str, Tensor]]]
 
@@ -190,4 +193,55 @@ def evaluate(model: nn.Module, loader: DataLoader, metric_fn: LossFn, *, device:
         return {"loss": float("nan"), "nfe": float("nan"), "batches": 0, "seconds": seconds}
     out = {k[2:]: v / sums["n"] for k, v in sums.items() if k.startswith("m_")}
     out.update(nfe=sums["nfe"] / sums["batches"], batches=int(sums["batches"]), seconds=seconds)
+    return out
+
+
+def first_batch(dataset: Any, size: int, collate_fn: Optional[Callable] = None) -> Any:
+    """The first ``size`` items of ``dataset`` (all, if it has fewer), in order, collated as the loaders do: a fixed
+    batch that uses no random state."""
+    from torch.utils.data import default_collate
+
+    n = min(int(size), len(dataset))
+    if n < 1:
+        raise ValueError("cannot take a batch from an empty dataset")
+    return (collate_fn or default_collate)([dataset[i] for i in range(n)])
+
+
+def paper_solver_nfe(model: nn.Module, train_batch: Any, test_batch: Any, train_loss: LossFn, eval_loss: LossFn, *,
+                     device: torch.device) -> dict[str, Any]:
+    """NFEs of the model as it is now under the paper's solver design (:func:`odernn.paper_solver`: one torchdiffeq
+    solve per gap, the initial-step heuristic on every gap, RMS norm over the batch, no seminorm, no warm start).
+
+    ``paper_forward_nfe`` and ``paper_backward_nfe``: one training step's forward and backward NFE on
+    ``train_batch`` (the gradients are computed with :func:`torch.autograd.grad` and thrown away: parameters'
+    ``.grad``, the optimizer and every random state are left as they were, so training is not changed);
+    ``paper_test_nfe``: forward NFE of ``eval_loss`` on ``test_batch`` without gradients;
+    ``paper_probe_seconds``: the wall time of both. A solve that fails (:class:`odernn.SolverError`, e.g. a blow-up
+    the default design avoids) gives NaN NFEs and ``paper_error`` with the message.
+    """
+    base = unwrap(model)
+    was_training = base.training
+    start = time.perf_counter()
+    out: dict[str, Any] = {}
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), odernn.paper_solver(base):
+            base.train()
+            params = [p for p in base.parameters() if p.requires_grad]
+            batch = to_device(train_batch, device)
+            with nfe_counter_for(base) as nfe:
+                loss, _ = _split_loss(train_loss(base, batch))
+                torch.autograd.grad(loss, params, allow_unused=True)
+            out.update(paper_forward_nfe=nfe.forward, paper_backward_nfe=nfe.backward)
+            base.eval()
+            with torch.no_grad(), nfe_counter_for(base) as nfe:
+                _split_loss(eval_loss(base, to_device(test_batch, device)))
+            out["paper_test_nfe"] = nfe.forward
+    except odernn.SolverError as e:
+        out = {"paper_forward_nfe": out.get("paper_forward_nfe", float("nan")),
+               "paper_backward_nfe": out.get("paper_backward_nfe", float("nan")), "paper_test_nfe": float("nan"),
+               "paper_error": str(e)}
+    finally:
+        base.train(was_training)
+    out["paper_probe_seconds"] = time.perf_counter() - start
     return out

@@ -12,21 +12,84 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ._files import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
+from ._files import (FileContentError, atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text,
+                     read_csv, read_json_object)
 
 __all__ = ["METRIC_COLUMNS", "MetricsWriter", "write_summary", "pyplot", "save_figure", "plot_curves", "load_runs",
-           "compare_models", "fmt"]
+           "compare_models", "fmt", "read_metrics"]
 
 #: Columns every recipe writes to ``metrics.csv`` (recipes may add more after these).
 METRIC_COLUMNS = ("epoch", "train_loss", "valid_loss", "test_loss", "forward_nfe", "backward_nfe", "valid_nfe",
                   "test_nfe", "seconds", "eval_seconds")
 
 PathLike = Union[str, os.PathLike]
+
+
+def read_metrics(path: PathLike, *, columns: Sequence[str] = METRIC_COLUMNS, filled: Sequence[str] = ("epoch",),
+                 todo: str = "fix that line or remove the file") -> list[dict[str, Any]]:
+    """The rows of a ``metrics.csv``, read exactly or refused (see :func:`recipes._files.read_csv`).
+
+    Args:
+        path: the file.
+        columns: columns the header must hold (what :class:`MetricsWriter` always writes); their cells must be
+            numbers or empty.
+        filled: columns that must not be empty in any row.
+        todo: what the user should do, appended to error messages.
+
+    Returns:
+        The rows, ``epoch`` an int (an integral float such as ``3.0`` is read as 3), epochs strictly increasing.
+
+    Raises:
+        FileContentError: naming the file, the line and the column: a missing column (renamed or deleted), an epoch
+            that is not a positive integer or not after the previous row's, a text cell in a numeric column, an
+            empty cell in a ``filled`` column, or anything :func:`read_csv` refuses.
+    """
+    rows = read_csv(path, todo=todo)
+    if rows:
+        missing = [c for c in ("epoch", *columns) if c not in rows[0]]
+        if missing:
+            raise FileContentError(f"{path}, line 1: the header has no column(s) {sorted(set(missing))} (renamed or "
+                                   f"deleted?); it has {list(rows[0])}; {todo}")
+    prev = None
+    for r in rows:
+        line = getattr(r, "line", "?")
+        e = r.get("epoch")
+        if isinstance(e, float) and math.isfinite(e) and e == int(e):
+            e = r["epoch"] = int(e)
+        if not (isinstance(e, int) and e >= 1):
+            raise FileContentError(f"{path}, line {line}: epoch is {'empty' if e is None else repr(e)}, expected a "
+                                   f"positive integer; {todo}")
+        if prev is not None and e <= prev:
+            raise FileContentError(f"{path}, line {line}: epoch {e} does not follow epoch {prev} of the row before "
+                                   f"(rows must be in increasing epoch order, each epoch once); {todo}")
+        prev = e
+        for c in columns:
+            v = r.get(c)
+            if v is not None and not isinstance(v, (int, float)):
+                raise FileContentError(f"{path}, line {line}: column {c!r} holds {v!r}, expected a number (or an "
+                                       f"empty cell); {todo}")
+        for c in filled:
+            if r.get(c) is None:
+                raise FileContentError(f"{path}, line {line}: column {c!r} is empty; {todo}")
+    return rows
+
+
+def _epochs(epochs: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"1-3, 7"``."""
+    out, start = [], None
+    for i, e in enumerate(epochs):
+        if start is None:
+            start = e
+        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+            out.append(str(start) if start == e else f"{start}-{e}")
+            start = None
+    return ", ".join(out)
 
 
 class MetricsWriter:
@@ -37,7 +100,12 @@ class MetricsWriter:
         columns: leading columns, in order (default :data:`METRIC_COLUMNS`); other keys follow in order of first
             appearance.
         resume_epoch: ``None`` starts a fresh file (existing rows are discarded); an int keeps the existing rows with
-            ``epoch <= resume_epoch`` (rows written after the checkpoint that a resumed run starts from are dropped).
+            ``epoch <= resume_epoch`` (rows written after the checkpoint that a resumed run starts from are dropped,
+            and a note on stderr says so, as it does for epochs up to ``resume_epoch`` that have no row).
+
+    Raises:
+        FileContentError: (a :class:`recipes._cli.RecipeError`) on resume, for a ``metrics.csv`` that cannot be read
+            exactly (see :func:`read_metrics`): nothing is dropped silently.
     """
 
     def __init__(self, folder: PathLike, *, columns: Sequence[str] = METRIC_COLUMNS,
@@ -45,8 +113,25 @@ class MetricsWriter:
         self.path = Path(folder) / "metrics.csv"
         self.columns = list(columns)
         self.rows: list[dict[str, Any]] = []
-        if resume_epoch is not None and self.path.exists():
-            self.rows = [r for r in read_csv(self.path) if r.get("epoch") is not None and r["epoch"] <= resume_epoch]
+        if resume_epoch is None:
+            return
+        rows = []
+        if self.path.exists():
+            rows = read_metrics(self.path, columns=self.columns,
+                                todo=f"fix that line (or restore the file) and resume again, or start the run again "
+                                     f"with --overwrite; the checkpoint is after epoch {resume_epoch}")
+        self.rows = [r for r in rows if r["epoch"] <= resume_epoch]
+        notes = []
+        if len(rows) > len(self.rows):
+            notes.append(f"dropping the rows of epoch(s) {_epochs([r['epoch'] for r in rows[len(self.rows):]])}, "
+                         f"written after the checkpoint (epoch {resume_epoch}); they are computed again")
+        have = {r["epoch"] for r in self.rows}
+        lost = [e for e in range(1, resume_epoch + 1) if e not in have]
+        if lost:
+            notes.append(f"{'the file is missing: ' if not self.path.exists() else ''}epoch(s) {_epochs(lost)}, "
+                         f"before the checkpoint (epoch {resume_epoch}), have no row; the history keeps that gap")
+        for n in notes:
+            print(f"note: {self.path}: {n}", file=sys.stderr, flush=True)
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Add a row (must hold ``epoch``) and rewrite the file."""
@@ -152,9 +237,9 @@ def load_runs(out_dir: PathLike, models: Sequence[str]) -> dict[str, tuple[list[
         info: dict = {}
         for name in ("summary.json", "config.json"):
             if (out_dir / m / name).exists():
-                info = json.loads((out_dir / m / name).read_text())
+                info = read_json_object(out_dir / m / name, todo="fix or remove it (it is only read for the report)")
                 break
-        runs[m] = (read_csv(mpath), info)
+        runs[m] = (read_metrics(mpath, todo="fix that line or remove the file"), info)
     return runs
 
 

@@ -30,7 +30,8 @@ Sizes (parameters; Table 4 in brackets): ODE-RNN n=21, h=63/84: 15,986 [15,986];
 16,649 [16,649] (official: ``2n -> 2n -> n -> n``); HBNODE-RNN n=20, h=20/20: 16,126 [16,127]; GHBNODE-RNN: 16,127
 [16,127] (our HBNODE has one damping parameter; the official one also counts a frozen correction term).
 
-Training as the official code: Adam (Table 1: lr 1e-4, batch 64), dopri5 at rtol = atol = 1e-7, adjoint,
+Training as the official code: Adam (Table 1: lr 1e-4, batch 64; ``--lr-schedule official``: the official trainer's
+1e-3 for epochs 0-49, then a new Adam at 1e-4, :data:`OFFICIAL_LR_SCHEDULES`), dopri5 at rtol = atol = 1e-7, adjoint,
 parameter-gradient norm clipped at 1 (``--grad-clip``), and every dense layer of the hybrids scaled by 0.01 at
 initialisation (``--init-scale``; the official ``shrink_parameters(model, 0.01)``, which here leaves the damping
 parameter at the paper's initial value), GHBNODE's ``xi`` started at 0.01 (``--xi0``; the official code starts its
@@ -53,7 +54,7 @@ from ._cli import add_hybrid_flags, base_parser, run_cli, solver_from_args, xi_k
 from ._driver import RecipeSpec, run_recipe
 from ._ncde import NeuralCDE, ncde_width_for
 
-__all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "build_model", "main", "make_parser", "make_spec"]
+__all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "OFFICIAL_LR_SCHEDULES", "build_model", "main", "make_parser", "make_spec"]
 
 MODELS = ("node", "anode", "sonode", "hbnode", "ghbnode", "ncde")
 PAPER_MODELS = MODELS[:5]
@@ -72,6 +73,8 @@ ARCH = {
 #: Initial xi of GHBNODE (``--xi0``).
 XI0 = 0.01
 NCDE_HIDDEN = 32
+#: The official plane-vibration trainer's schedule (``plane_vibration/trainpv.py``), the same for every model.
+OFFICIAL_LR_SCHEDULES = {m: "0:1e-3,50:1e-4" for m in ("node", "anode", "sonode", "hbnode", "ghbnode")}
 
 
 class ResidualCell(nn.Module):
@@ -218,7 +221,8 @@ def datasets(args: argparse.Namespace) -> dict:
 def make_spec() -> RecipeSpec:
     return RecipeSpec(name="plane_vibration", models=MODELS, all_models=PAPER_MODELS,
                       build_model=build_model, datasets=datasets, train_loss=train_loss,
-                      eval_loss=eval_loss, describe=describe)
+                      eval_loss=eval_loss, describe=describe,
+                      official_lr_schedules=OFFICIAL_LR_SCHEDULES)
 
 
 def make_parser() -> argparse.ArgumentParser:

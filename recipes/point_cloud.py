@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,19 +52,23 @@ from torch.utils.data import Dataset, TensorDataset
 import odernn
 
 from ._checkpoint import load_checkpoint
-from ._cli import base_parser, expand_models, run_cli, solver_from_args
+from ._cli import RecipeError, base_parser, expand_models, run_cli, solver_from_args
 from ._distributed import DistContext, init_distributed
 from ._driver import RecipeSpec, checkpoint_path, fit_model
-from ._files import atomic_write_csv, atomic_write_text, read_csv
+from ._files import atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
 from ._loops import TrainingDiverged, count_parameters
 from ._report import MetricsWriter, compare_models, pyplot, save_figure, write_summary
 
-__all__ = ["MODELS", "SIZES", "PAPER_PARAMS", "nested_circles", "PointCloudModel", "build_model", "main"]
+__all__ = ["MODELS", "SIZES", "PAPER_PARAMS", "CONVERGED_LOSS", "nested_circles", "PointCloudModel", "build_model",
+           "train_runs", "aggregate", "wilson_interval", "main"]
 
 MODELS = ("node", "anode", "sonode", "hbnode", "ghbnode")
 #: Table 3, point cloud: (n, h); ANODE's n = 3 counts its augmented dimension.
 SIZES = {"node": (2, 20), "anode": (3, 20), "sonode": (2, 13), "hbnode": (2, 14), "ghbnode": (2, 14)}
 PAPER_PARAMS = {"node": 525, "anode": 567, "sonode": 528, "hbnode": 568, "ghbnode": 568}
+#: A run "converged" when its final training loss (MSE to labels of magnitude 1) is below this (the paper: "the
+#: training loss consistently goes to zero").
+CONVERGED_LOSS = 1e-2
 
 
 def nested_circles(n_inner: int = 40, n_outer: int = 80, *, seed: int = 0, inner_radius: float = 0.5,
@@ -213,72 +218,154 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
 
 
-def train_model_runs(model: str, args: argparse.Namespace, out: Path, ctx: DistContext) -> dict:
-    """Train ``args.runs`` independent runs of ``model``; write its per-run and aggregate files."""
+def _run_row(model: str, run: int, seed: int, folder: Path, net: PointCloudModel, data: dict) -> dict[str, Any]:
+    metrics = read_csv(folder / "metrics.csv")
+    x, y = (tensor.to(next(net.parameters()).device) for tensor in data["train"].tensors)
+    loss, acc = _final_eval(net, x, y)
+    last = metrics[-1]
+    return {
+        "model": model, "run": run, "seed": seed, "failed": 0, "epochs": last["epoch"],
+        "separated": int(acc == 1.0), "final_train_loss": loss, "final_train_accuracy": acc,
+        "forward_nfe": _mean_std([r["forward_nfe"] for r in metrics])[0],
+        "backward_nfe": _mean_std([r["backward_nfe"] for r in metrics])[0],
+        "last_epoch_train_loss": last["train_loss"], "test_loss": last["test_loss"],
+        "test_accuracy": last.get("test_accuracy"),
+        "last_epoch_forward_nfe": last["forward_nfe"], "last_epoch_backward_nfe": last["backward_nfe"],
+        "seconds": sum(r["seconds"] for r in metrics), "error": None,
+    }
+
+
+def train_runs(model: str, args: argparse.Namespace, out: Path, ctx: DistContext) -> list[dict[str, Any]]:
+    """Train runs ``--first-run`` .. ``--first-run + --runs - 1`` of ``model``; returns their rows.
+
+    Each run ends by writing ``DIR/<model>/run_NNN/result.json`` (its row of ``runs.csv``: final loss and accuracy
+    of the trained model on its 120 points, separated or not, mean NFEs). With ``--resume`` a run whose result
+    holds ``--epochs`` epochs (or a failure) is not trained again, so that a rerun, on this machine or a fresh clone
+    holding only the committed run folders, continues where the runs stopped. ``--drop-checkpoints`` deletes a
+    finished run's checkpoint (except run 0's, which the evolution figure draws).
+    """
     folder = out / model
-    run_rows, epoch_rows = [], {}
+    rows = []
     for run in range(args.first_run, args.first_run + args.runs):
         run_args = argparse.Namespace(**{**vars(args), "seed": args.seed + run, "model": model})
+        name = f"run_{run:03d}"
+        result = folder / name / "result.json"
+        ckpt = checkpoint_path(run_args, folder / name)
+        if args.resume and result.is_file():
+            row = _read_result(result)
+            if row.get("failed") or row.get("epochs") == args.epochs:
+                rows.append(row)
+                continue
+        if args.resume and not ckpt.exists() and not result.exists() and (folder / name).is_dir():
+            # killed before its first checkpoint: nothing to continue, and a run is cheap and seeded: start it again
+            run_args.resume, run_args.overwrite = False, True
         spec = _run_spec(model, run)
         data = spec.datasets(run_args)
-        name = f"run_{run:03d}"
         try:
             fit_model(spec, name, run_args, data, folder, ctx)
         except (odernn.SolverError, TrainingDiverged) as e:  # a blown-up run is a result, not a crash
             print(f"[point_cloud/{model}] run {run} failed: {e}", flush=True)
-            run_rows.append({"run": run, "seed": run_args.seed, "failed": 1, "error": str(e)[:200]})
+            row = {"model": model, "run": run, "seed": run_args.seed, "failed": 1, "epochs": None, "separated": 0,
+                   "error": str(e)[:200]}
+        else:
+            net = build_model(model, solver=solver_from_args(args)).to(ctx.device)
+            load_checkpoint(ckpt, model=net, restore_rng=False)
+            row = _run_row(model, run, run_args.seed, folder / name, net, data)
+        if ctx.is_main:
+            atomic_write_json(row, result)
+            if getattr(args, "drop_checkpoints", False) and run != 0 and not row["failed"]:
+                ckpt.unlink(missing_ok=True)
+        rows.append(row)
+    return rows
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read {path} ({e}): delete it to train that run again") from None
+    if not isinstance(row, dict) or not {"run", "failed"} <= set(row):
+        raise RecipeError(f"{path} is not a point-cloud run result (expected a JSON object with 'run' and 'failed'): "
+                          f"delete it to train that run again")
+    return row
+
+
+def aggregate(out: Path, models: Sequence[str], *, runs: Optional[int] = None, first_run: int = 0,
+              args: Optional[argparse.Namespace] = None, device: Optional[torch.device] = None) -> dict[str, dict]:
+    """Collect the finished runs (``run_NNN/result.json``, runs ``first_run`` .. ``first_run + runs - 1``; all
+    when ``runs`` is None) of each model in ``out`` and write, per model, ``<model>/runs.csv``,
+    ``<model>/metrics.csv`` (per-epoch means over runs) and ``<model>/summary.json``; for all models together
+    ``runs.csv`` (one row per model and run), ``point_cloud_runs.md`` (separation and convergence rates with 95%
+    Wilson intervals, NFEs), ``point_cloud_distributions.png`` and, where run ``first_run``'s checkpoint exists,
+    ``point_cloud_evolution.png``. Only files are read; nothing is trained.
+
+    Returns:
+        ``{model: summary}`` for the models with at least one finished run.
+    """
+    out = Path(out)
+    results: dict[str, dict] = {}
+    all_rows: list[dict] = []
+    for model in models:
+        folder = out / model
+        paths = sorted(folder.glob("run_*/result.json"))
+        rows = [_read_result(p) for p in paths]
+        rows = [r for r in rows if r["run"] >= first_run and (runs is None or r["run"] < first_run + runs)]
+        if not rows:
             continue
-        metrics = read_csv(folder / name / "metrics.csv")
-        for r in metrics:
-            epoch_rows.setdefault(r["epoch"], []).append(r)
-        net = build_model(model, solver=solver_from_args(args)).to(ctx.device)
-        load_checkpoint(checkpoint_path(run_args, folder / name), model=net, restore_rng=False)
-        x, y = (tensor.to(ctx.device) for tensor in data["train"].tensors)
-        loss, acc = _final_eval(net, x, y)
-        last = metrics[-1]
-        run_rows.append({
-            "run": run, "seed": run_args.seed, "failed": 0, "epochs": last["epoch"],
-            "final_train_loss": loss, "final_train_accuracy": acc, "separated": int(acc == 1.0),
-            "last_epoch_train_loss": last["train_loss"], "test_loss": last["test_loss"],
-            "test_accuracy": last.get("test_accuracy"),
-            "forward_nfe": _mean_std([r["forward_nfe"] for r in metrics])[0],
-            "backward_nfe": _mean_std([r["backward_nfe"] for r in metrics])[0],
-            "last_epoch_forward_nfe": last["forward_nfe"], "last_epoch_backward_nfe": last["backward_nfe"],
-            "seconds": sum(r["seconds"] for r in metrics),
-        })
-    if not ctx.is_main:
-        return {}
-    atomic_write_csv(run_rows, folder / "runs.csv")
-    agg_rows = []
-    for epoch in sorted(epoch_rows):
-        rows = epoch_rows[epoch]
-        row = {"epoch": epoch}
-        for key in ("train_loss", "valid_loss", "test_loss", "forward_nfe", "backward_nfe", "valid_nfe", "test_nfe",
-                    "seconds", "eval_seconds", "train_accuracy", "test_accuracy"):
-            m, s = _mean_std([r.get(key) for r in rows])
-            row[key] = m
-            if key in ("train_loss", "forward_nfe", "backward_nfe", "train_accuracy", "test_accuracy"):
-                row[key + "_std"] = s
-        row["runs"] = len(rows)
-        agg_rows.append(row)
-    if agg_rows:
-        writer = MetricsWriter(folder)
-        writer.rows = agg_rows
-        writer.flush()
-    ok = [r for r in run_rows if not r["failed"]]
-    final = {"runs": args.runs, "failed_runs": len(run_rows) - len(ok),
-             "separated_runs": sum(r["separated"] for r in ok),
-             "separation_rate": (sum(r["separated"] for r in ok) / len(run_rows)) if run_rows else float("nan")}
-    for key in ("forward_nfe", "backward_nfe", "final_train_loss", "final_train_accuracy", "test_accuracy",
-                "seconds"):
-        final[key], final[key + "_std"] = _mean_std([r.get(key) for r in ok])
-    final["final_train_loss_median"] = _median([r["final_train_loss"] for r in ok])
-    num_params = count_parameters(build_model(model))
-    config = {k: v for k, v in vars(args).items()}
-    config.update(model=model, recipe="point_cloud", n=SIZES[model][0], h=SIZES[model][1],
-                  paper_num_params=PAPER_PARAMS[model], device=str(ctx.device))
-    write_summary(folder, model=model, num_params=num_params, final=final, config=config)
-    return {"model": model, "num_params": num_params, **final, "rows": run_rows}
+        rows.sort(key=lambda r: r["run"])
+        for r in rows:
+            r.setdefault("model", model)
+        all_rows += rows
+        atomic_write_csv(rows, folder / "runs.csv")
+        epoch_rows: dict[int, list[dict]] = {}
+        for r in rows:
+            mpath = folder / f"run_{r['run']:03d}" / "metrics.csv"
+            if not r["failed"] and mpath.is_file():
+                for e in read_csv(mpath):
+                    epoch_rows.setdefault(e["epoch"], []).append(e)
+        agg_rows = []
+        for epoch in sorted(epoch_rows):
+            group = epoch_rows[epoch]
+            row = {"epoch": epoch}
+            for key in ("train_loss", "valid_loss", "test_loss", "forward_nfe", "backward_nfe", "valid_nfe",
+                        "test_nfe", "seconds", "eval_seconds", "train_accuracy", "test_accuracy"):
+                m, sd = _mean_std([r.get(key) for r in group])
+                row[key] = m
+                if key in ("train_loss", "forward_nfe", "backward_nfe", "train_accuracy", "test_accuracy"):
+                    row[key + "_std"] = sd
+            row["runs"] = len(group)
+            agg_rows.append(row)
+        if agg_rows:
+            writer = MetricsWriter(folder)
+            writer.rows = agg_rows
+            writer.flush()
+        ok = [r for r in rows if not r["failed"]]
+        final: dict[str, Any] = {"runs": len(rows), "failed_runs": len(rows) - len(ok),
+                                 "separated_runs": sum(r["separated"] for r in ok),
+                                 "converged_runs": sum(r["final_train_loss"] < CONVERGED_LOSS for r in ok)}
+        final["separation_rate"] = final["separated_runs"] / len(rows)
+        final["separation_ci95"] = wilson_interval(final["separated_runs"], len(rows))
+        final["converged_rate"] = final["converged_runs"] / len(rows)
+        final["converged_ci95"] = wilson_interval(final["converged_runs"], len(rows))
+        for key in ("forward_nfe", "backward_nfe", "final_train_loss", "final_train_accuracy", "test_accuracy",
+                    "seconds"):
+            final[key], final[key + "_std"] = _mean_std([r.get(key) for r in ok])
+        final["final_train_loss_median"] = _median([r["final_train_loss"] for r in ok])
+        config_path = folder / f"run_{rows[0]['run']:03d}" / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        num_params = count_parameters(build_model(model))
+        write_summary(folder, model=model, num_params=num_params, final=final,
+                      config={**config, "model": model, "recipe": "point_cloud", "n": SIZES[model][0],
+                              "h": SIZES[model][1], "paper_num_params": PAPER_PARAMS[model]})
+        results[model] = {"model": model, "num_params": num_params, **final, "rows": rows}
+    if not results:
+        return results
+    atomic_write_csv(all_rows, out / "runs.csv")
+    write_runs_table(out, results)
+    plot_distributions(out, results)
+    if args is not None:
+        plot_evolution(out, list(results), args, device or torch.device("cpu"))
+    return results
 
 
 def _median(values: list[float]) -> float:
@@ -296,21 +383,35 @@ def _median(values: list[float]) -> float:
 _LABELS = {"node": "NODE", "anode": "ANODE", "sonode": "SONODE", "hbnode": "HBNODE", "ghbnode": "GHBNODE"}
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion ``k / n``; ``(nan, nan)`` for ``n = 0``."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def write_runs_table(out: Path, results: dict) -> Path:
+    """``point_cloud_runs.md``: one row per model (see :func:`aggregate`)."""
     lines = ["# Point-cloud separation over independent runs (paper Sec. 5.1, Fig. 4)", "",
-             "Means ± standard deviations over runs. NFEs are per training batch, averaged over the epochs of a run; "
-             "final loss/accuracy are those of the trained model on its 120 training points; separated = training "
-             "accuracy 100%.", "",
-             "| model | params (paper) | runs | separated | final train loss (median) | train acc | test acc | "
-             "forward NFE | backward NFE | s/run |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "Separated = 100% accuracy of the trained model on its 120 training points; converged = final "
+             f"training loss below {CONVERGED_LOSS:g}; rates with 95% Wilson intervals. Losses and NFEs: mean ± "
+             "standard deviation over runs (median loss in brackets); NFEs are per training batch, averaged over the "
+             "epochs of a run. Failed runs (solver blow-ups) count as neither separated nor converged.", "",
+             "| model | params (paper) | runs | failed | separated (95% CI) | converged (95% CI) | "
+             "final train loss (median) | test acc | forward NFE | backward NFE | s/run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m, s in results.items():
+        sep, conv = s["separation_ci95"], s["converged_ci95"]
         lines.append(
-            f"| {m} | {s['num_params']} ({PAPER_PARAMS[m]}) | {s['runs']} | {s['separated_runs']}/{s['runs']} | "
+            f"| {_LABELS.get(m, m)} | {s['num_params']} ({PAPER_PARAMS[m]}) | {s['runs']} | {s['failed_runs']} | "
+            f"{s['separated_runs']}/{s['runs']} = {s['separation_rate']:.2f} ({sep[0]:.2f}-{sep[1]:.2f}) | "
+            f"{s['converged_runs']}/{s['runs']} = {s['converged_rate']:.2f} ({conv[0]:.2f}-{conv[1]:.2f}) | "
             f"{s['final_train_loss']:.3g} ± {s['final_train_loss_std']:.2g} ({s['final_train_loss_median']:.3g}) | "
-            f"{s['final_train_accuracy']:.3f} | {s['test_accuracy']:.3f} | "
-            f"{s['forward_nfe']:.1f} ± {s['forward_nfe_std']:.1f} | {s['backward_nfe']:.1f} ± "
-            f"{s['backward_nfe_std']:.1f} | {s['seconds']:.1f} |")
+            f"{s['test_accuracy']:.3f} | {s['forward_nfe']:.1f} ± {s['forward_nfe_std']:.1f} | "
+            f"{s['backward_nfe']:.1f} ± {s['backward_nfe_std']:.1f} | {s['seconds']:.1f} |")
     return atomic_write_text("\n".join(lines) + "\n", out / "point_cloud_runs.md")
 
 
@@ -388,7 +489,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--runs", type=int, default=100, help="independent runs per model (paper: 100)")
     parser.add_argument("--first-run", type=int, default=0,
                         help="index of the first run (run k uses seed --seed + k): split the runs over processes "
-                             "with disjoint ranges, then aggregate all with --first-run 0 --runs N --resume")
+                             "with disjoint ranges (and --no-aggregate), then aggregate all with --first-run 0 "
+                             "--runs N --resume")
+    parser.add_argument("--aggregate", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the per-model and overall tables and figures after training (turn off in "
+                             "processes that train a part of the runs side by side)")
+    parser.add_argument("--drop-checkpoints", action="store_true",
+                        help="delete a finished run's checkpoint (run 0's is kept for the evolution figure)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.first_run < 0:
         parser.error(f"--runs must be >= 1 and --first-run >= 0, got {args.runs} and {args.first_run}")
@@ -399,19 +506,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raise SystemExit("the point-cloud recipe trains 120 points per run: run it without torchrun")
     out = Path(args.out)
     models = expand_models(args.model, MODELS)
-    results = {}
     for m in models:
-        res = train_model_runs(m, args, out, ctx)
-        results[m] = res
+        rows = train_runs(m, args, out, ctx)
+        ok = [r for r in rows if not r["failed"]]
+        print(f"[point_cloud/{m}] runs {args.first_run}-{args.first_run + args.runs - 1}: separated "
+              f"{sum(r['separated'] for r in ok)}/{len(rows)}", flush=True)
+    if not args.aggregate:
+        return {}
+    results = aggregate(out, models, runs=args.runs, first_run=args.first_run, args=args, device=ctx.device)
+    for m, res in results.items():
         print(f"[point_cloud/{m}] separated {res['separated_runs']}/{res['runs']} runs; final training loss "
               f"{res['final_train_loss']:.4g} (median {res['final_train_loss_median']:.4g}); NFE forward "
               f"{res['forward_nfe']:.1f} backward {res['backward_nfe']:.1f}", flush=True)
-    write_runs_table(out, results)
-    plot_distributions(out, results)
-    plot_evolution(out, models, args, ctx.device)
     if args.model == "all":
         compare_models(out, models, title="point_cloud (means over runs)")
-    print(f"wrote {out}/point_cloud_runs.md, point_cloud_distributions.png, point_cloud_evolution.png"
+    print(f"wrote {out}/runs.csv, point_cloud_runs.md, point_cloud_distributions.png, point_cloud_evolution.png"
           + (", comparison.md/png" if args.model == "all" else ""))
     return results
 

@@ -26,7 +26,8 @@ Sizes (parameters; Table 4 in brackets): ODE-RNN 24 / 72 / 48: 8,729 [8,729]; AN
 [8,815]; SONODE-RNN 23 / 46 / 46: 8,757 [not run in the paper: its solver failed]; HBNODE-RNN 24 / 48 / 48: 8,898
 [8,899]; GHBNODE-RNN: 8,899 [8,899].
 
-Training as the official code: Adam (Table 1: lr 3e-3, batch 256), dopri5 at rtol = atol = 1e-7, adjoint,
+Training as the official code: Adam (Table 1: lr 3e-3, batch 256; ``--lr-schedule official`` follows the official
+code's per-model schedules, :data:`OFFICIAL_LR_SCHEDULES`), dopri5 at rtol = atol = 1e-7, adjoint,
 parameter-gradient norm clipped at 1 (``--grad-clip``), times divided by 64 (``--time-scale``).
 """
 
@@ -46,7 +47,7 @@ from ._cli import add_hybrid_flags, base_parser, run_cli, solver_from_args, xi_k
 from ._driver import RecipeSpec, run_recipe
 from ._ncde import NeuralCDE, ncde_width_for
 
-__all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "build_model", "main", "make_parser", "make_spec"]
+__all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "OFFICIAL_LR_SCHEDULES", "build_model", "main", "make_parser", "make_spec"]
 
 MODELS = ("node", "anode", "sonode", "hbnode", "ghbnode", "ncde")
 PAPER_MODELS = MODELS[:5]
@@ -64,6 +65,11 @@ ARCH = {
 #: Initial xi of GHBNODE (``--xi0``).
 XI0 = math.log(2.0)
 NCDE_HIDDEN = 16
+#: The official code's learning-rate schedules (``walker2d/*_rnn_walker.py``), for ``--lr-schedule official``: Adam at
+#: 3e-3 throughout for ODE-RNN and ANODE-RNN; 1e-3 for epochs 0-49, then a new Adam at 3e-3 for the second-order
+#: models.
+OFFICIAL_LR_SCHEDULES = {"node": "0:3e-3", "anode": "0:3e-3", "sonode": "0:1e-3,50:3e-3",
+                         "hbnode": "0:1e-3,50:3e-3", "ghbnode": "0:1e-3,50:3e-3"}
 
 
 class MLPCell(nn.Module):
@@ -179,7 +185,8 @@ def datasets(args: argparse.Namespace) -> dict:
 
 def make_spec() -> RecipeSpec:
     return RecipeSpec(name="walker2d", models=MODELS, all_models=PAPER_MODELS, build_model=build_model,
-                      datasets=datasets, train_loss=step_mse, eval_loss=step_mse, describe=describe)
+                      datasets=datasets, train_loss=step_mse, eval_loss=step_mse, describe=describe,
+                      official_lr_schedules=OFFICIAL_LR_SCHEDULES)
 
 
 def make_parser() -> argparse.ArgumentParser:

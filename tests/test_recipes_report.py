@@ -68,43 +68,76 @@ def test_row_at_fraction_picks_that_epoch(epochs, fraction):
     assert 1 <= r["epoch"] <= epochs
 
 
-def test_reproduce_runs_the_issue_13_protocol(tmp_path):
-    args = reproduce.make_parser().parse_args(["--device", "cuda", "--second-seed", "--out", str(tmp_path / "b"),
-                                               "--checkpoint-dir", str(tmp_path / "r")])
+def test_reproduce_runs_the_issue_17_protocol(tmp_path):
+    args = reproduce.make_parser().parse_args(["--device", "cuda", "--out", str(tmp_path / "b")])
     runs = reproduce.protocol(args)
-    assert [(r.task, r.model) for r in runs] == [
-        *[("plane_vibration", m) for m in reproduce.HYBRIDS], ("plane_vibration", "ncde"),
-        ("plane_vibration_seed1", "hbnode"), ("plane_vibration_seed1", "node"),
-        *[("walker2d", m) for m in reproduce.HYBRIDS]]
+    seq = [(r.task, r.model) for r in runs if r.task != "point_cloud"]
+    assert seq == [*[("walker2d", m) for m in ("hbnode", "node", "ghbnode", "anode", "sonode")],
+                   ("plane_vibration_seed1", "hbnode"), ("plane_vibration_seed1", "node"),
+                   *[("plane_vibration", m) for m in reproduce.HYBRIDS],
+                   *[("plane_vibration_official", m) for m in reproduce.HYBRIDS]]
     for r in runs:
+        if r.task == "point_cloud":
+            continue
         mod = {"recipes.plane_vibration": plane_vibration, "recipes.walker2d": walker2d}[r.module]
         a = mod.make_parser().parse_args(list(r.argv))
         assert (a.rtol, a.atol, a.adjoint, a.device, a.threads, a.resume) == (1e-7, 1e-7, True, "cuda", 1, True)
-        assert a.out == str(tmp_path / "b" / r.task) and a.checkpoint_dir == str(tmp_path / "r" / r.task)
+        # checkpoints live in the run folder, so that committing it is all a fresh clone needs
+        assert a.out == str(tmp_path / "b" / r.task) and a.checkpoint_dir is None and a.epochs == r.epochs == 500
+        assert a.paper_nfe_every == (0 if r.task == "plane_vibration" else 10)
         if mod is plane_vibration:
-            assert (a.batch_size, a.lr, a.epochs) == (64, 1e-4, 500)  # Table 1, the paper's 500 epochs
-            assert a.seed == (1 if r.task.endswith("seed1") else 0)
+            assert (a.batch_size, a.seed) == (64, 1 if r.task.endswith("seed1") else 0)
+            assert a.lr_schedule == ("official" if r.task.endswith("official") else None)  # else Table 1's 1e-4
+            assert a.lr == 1e-4
         else:
-            assert (a.batch_size, a.lr, a.epochs, a.seed) == (256, 3e-3, 10, 0)  # one equal budget for all
+            assert (a.batch_size, a.seed, a.lr_schedule) == (256, 0, "official")
+    pc = [r for r in runs if r.task == "point_cloud"]
+    from recipes import point_cloud
+    for m in reproduce.HYBRIDS:  # 100 runs per model in disjoint chunks
+        covered = []
+        for r in (r for r in pc if r.model == m):
+            ns, _ = point_cloud_parser_args(r.argv)
+            covered += list(range(ns["first_run"], ns["first_run"] + ns["runs"]))
+        assert covered == list(range(100))
+    assert point_cloud.MODELS == reproduce.HYBRIDS
+
+
+def point_cloud_parser_args(argv) -> tuple[dict, list]:
+    vals, i, argv = {}, 0, list(argv)
+    while i < len(argv):
+        if argv[i] in ("--runs", "--first-run"):
+            vals[argv[i][2:].replace("-", "_")] = int(argv[i + 1])
+            i += 2
+        else:
+            i += 1
+    return vals, argv
 
 
 def test_reproduce_schedules_runs_writes_logs_and_reports(tmp_path, monkeypatch):
-    """The scheduler on a cheap stand-in protocol (point-cloud runs): statuses, logs, report."""
-    out, ckpt = tmp_path / "b", tmp_path / "r"
+    """The scheduler on a cheap stand-in protocol (point-cloud runs in two chunks): statuses, logs, aggregation."""
+    out, logs = tmp_path / "b", tmp_path / "r"
 
     def cheap(args):
-        common = ("--runs", "1", "--epochs", "1", "--rtol", "1e-3", "--atol", "1e-4", "--device", "cpu",
-                  "--out", str(out / "point_cloud"), "--checkpoint-dir", str(ckpt / "point_cloud"), "--resume")
-        return [reproduce.Run("point_cloud", m, ("--model", m, *common)) for m in ("hbnode", "node")]
+        common = ("--model", "hbnode", "--runs", "1", "--epochs", "1", "--rtol", "1e-3", "--atol", "1e-4",
+                  "--device", "cpu", "--out", str(out / "point_cloud"), "--resume", "--no-aggregate",
+                  "--drop-checkpoints")
+        return [reproduce.Run("point_cloud", "hbnode", (*common, "--first-run", str(k)), name=f"hbnode/{k}")
+                for k in (0, 1)]
 
     monkeypatch.setattr(reproduce, "protocol", cheap)
     monkeypatch.chdir(REPO)
-    status = reproduce.main(["--out", str(out), "--checkpoint-dir", str(ckpt), "--jobs", "2"])
-    assert status == {"point_cloud/hbnode": 0, "point_cloud/node": 0}
-    assert "trainable parameters" in (ckpt / "point_cloud" / "hbnode.log").read_text()
-    assert (ckpt / "point_cloud" / "hbnode" / "run_000" / "checkpoint.pt").exists()
-    assert not list((out / "point_cloud").rglob("*.pt"))  # no checkpoint among the files to commit
-    assert "| HBNODE-RNN (`hbnode`)" in (out / "point_cloud" / "report.md").read_text()
+    status = reproduce.main(["--out", str(out), "--log-dir", str(logs), "--jobs", "2", "--tasks", "point_cloud",
+                             "--models", "hbnode", "--pc-runs", "2", "--run-args", "--rtol 1e-3 --atol 1e-4 "
+                             "--epochs 1"])
+    assert status == {"point_cloud/hbnode/0": 0, "point_cloud/hbnode/1": 0}
+    assert "trainable parameters" in (logs / "point_cloud" / "hbnode_0.log").read_text()
+    rows = read_csv(out / "point_cloud" / "runs.csv")
+    assert [(r["model"], r["run"]) for r in rows] == [("hbnode", 0), ("hbnode", 1)]
+    assert all(r["separated"] in (0, 1) and r["forward_nfe"] > 0 and r["backward_nfe"] > 0 for r in rows)
+    # run 0's checkpoint stays for the evolution figure; finished run 1 keeps only its text files
+    assert (out / "point_cloud" / "hbnode" / "run_000" / "checkpoint.pt").exists()
+    assert not (out / "point_cloud" / "hbnode" / "run_001" / "checkpoint.pt").exists()
+    assert "95% Wilson" in (out / "point_cloud" / "point_cloud_runs.md").read_text()
 
 
 def test_rerun_argv_keeps_the_settings_and_moves_the_run():
@@ -117,22 +150,28 @@ def test_rerun_argv_keeps_the_settings_and_moves_the_run():
         reproduce.rerun_argv({"argv": ["train.py"]}, epochs=2, out="o")
 
 
-COMMITTED = REPO / "benchmarks" / "reproduction" / "plane_vibration" / "hbnode"
+COMMITTED = {"plane_vibration": REPO / "benchmarks" / "reproduction" / "plane_vibration" / "hbnode",
+             "walker2d": REPO / "benchmarks" / "reproduction" / "walker2d" / "hbnode"}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (COMMITTED / "metrics.csv").exists(), reason="no committed plane-vibration HBNODE run")
-@pytest.mark.skipif(not (DATA / "plane_vibration").is_dir(), reason="no plane vibration data")
-def test_rerun_matches_the_committed_first_epochs(tmp_path):
+@pytest.mark.parametrize("task", sorted(COMMITTED))
+def test_rerun_matches_the_committed_first_epochs(tmp_path, task):
     """The first two epochs of a rerun with the committed command (same seed, CPU) match the committed rows."""
-    config = json.loads((COMMITTED / "config.json").read_text())
+    folder = COMMITTED[task]
+    if not (folder / "metrics.csv").exists() or len(read_csv(folder / "metrics.csv")) < 2:
+        pytest.skip(f"no committed {task} HBNODE-RNN run with two epochs")
+    if not (DATA / task).is_dir():
+        pytest.skip(f"no {task} data")
+    config = json.loads((folder / "config.json").read_text())
     argv = reproduce.rerun_argv(config, epochs=2, out=str(tmp_path))
     argv = [a for a in argv] + ["--device", "cpu", "--no-progress"]
-    plane_vibration.main(argv)
-    ours, theirs = read_csv(tmp_path / "hbnode" / "metrics.csv"), read_csv(COMMITTED / "metrics.csv")[:2]
+    {"plane_vibration": plane_vibration, "walker2d": walker2d}[task].main(argv)
+    ours, theirs = read_csv(tmp_path / "hbnode" / "metrics.csv"), read_csv(folder / "metrics.csv")[:2]
     assert [r["epoch"] for r in ours] == [1, 2]
     for a, b in zip(ours, theirs):
         assert (a["forward_nfe"], a["backward_nfe"], a["test_nfe"]) == (b["forward_nfe"], b["backward_nfe"],
                                                                          b["test_nfe"])
+        assert a.get("paper_forward_nfe") == b.get("paper_forward_nfe")
         for key in ("train_loss", "valid_loss", "test_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key

@@ -9,11 +9,14 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ._schema import FUTURE_KEYS, INPUT_KEYS, NEXT_KEYS, OUTPUT_KEYS
+from ._validate import square_limit
 
 __all__ = ["collate_irregular"]
 
 def _finite_times(ts: Sequence[torch.Tensor], tk: str) -> None:
     for j, t in enumerate(ts):
+        if t.is_complex():
+            raise TypeError(f"batch[{j}]: times {tk!r} are complex ({t.dtype}); times must be real numbers")
         bad = ~torch.isfinite(t.double())
         if bool(bad.any()):
             pos = bad.nonzero().flatten()[:5].tolist()
@@ -41,6 +44,9 @@ def _values_and_masks(items: Sequence[Mapping[str, Any]], xk: str, mk: str) -> t
             m = m[:, None].expand_as(x)
         if m.shape != x.shape:
             raise ValueError(f"batch[{j}]: {mk!r} has shape {tuple(m.shape)}, expected {tuple(x.shape)}")
+        if x.is_complex():
+            raise TypeError(f"batch[{j}]: {xk!r} is complex ({x.dtype}); odernn models real values: pass the real "
+                            "and imaginary parts as separate features (torch.view_as_real)")
         if x.is_floating_point():
             m = m & ~torch.isnan(x)
             inf = torch.isinf(x) & m
@@ -48,6 +54,13 @@ def _values_and_masks(items: Sequence[Mapping[str, Any]], xk: str, mk: str) -> t
                 r, c = inf.nonzero()[0].tolist()
                 raise ValueError(f"batch[{j}]: {xk!r} is inf at step {r}, feature {c}; use NaN (or mask False) "
                                  "for a value that was not observed")
+            limit = square_limit(x.dtype)
+            big = (x.abs() > limit) & m
+            if bool(big.any()):
+                r, c = big.nonzero()[0].tolist()
+                raise ValueError(f"batch[{j}]: {xk!r} is {x[r, c].item()!r} at step {r}, feature {c}: squares "
+                                 f"(losses, variances) of values beyond {limit:.3g} overflow in {x.dtype}; rescale "
+                                 "the values")
         masks.append(m)
     return xs, masks
 

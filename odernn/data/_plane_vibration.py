@@ -36,6 +36,7 @@ from ._normalized import NormalizedDataset, NormalizeLike, resolve_normalize
 from ._root import ensure_dataset
 from ._schema import Item
 from ._stamps import drop_stamps
+from ._validate import training_stats
 from ._time import sample_times
 
 __all__ = ["PlaneVibration", "plane_vibration"]
@@ -126,9 +127,7 @@ class PlaneVibration(NormalizedDataset):
         self.split = split
         self.segments = proto.segments[split]
         train = proto.data[proto.stamps["train"]]
-        self.mean = train.mean(axis=0)
-        std = train.std(axis=0)
-        self.std = np.where(std > 0, std, 1.0)
+        self.mean, self.std = training_stats(train, "plane_vibration training split")
         self.normalization = resolve_normalize(normalize)
         self.time_unit = time_unit
         self._values = self.normalize_values(proto.data).astype(np.float32)

@@ -21,6 +21,17 @@ def _float_times(t: Any, unit: Any) -> np.ndarray:
     return encode_times(t, unit=None if kind == "numeric" else unit)[0]
 
 
+def _mean_std(gaps: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of finite gaps; huge gaps (whose sums or squares overflow) are scaled first."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(gaps.mean()), float(gaps.std())
+    if np.isfinite(mean) and np.isfinite(std):
+        return mean, std
+    scale = float(np.abs(gaps).max())
+    g = gaps / scale
+    return float(g.mean()) * scale, float(g.std()) * scale
+
+
 def _stats_one(times: np.ndarray, mask: Any | None, names: Sequence[str] | None) -> dict[str, Any]:
     if times.ndim != 1:
         raise ValueError(f"times must be 1-D per series, got shape {times.shape}")
@@ -32,7 +43,7 @@ def _stats_one(times: np.ndarray, mask: Any | None, names: Sequence[str] | None)
     else:
         out.update(start=np.nan, end=np.nan, duration=np.nan)
     if gaps.size:
-        mean, std = float(gaps.mean()), float(gaps.std())
+        mean, std = _mean_std(gaps)
         out.update(mean_gap=mean, median_gap=float(np.median(gaps)), min_gap=float(gaps.min()),
                    max_gap=float(gaps.max()), std_gap=std, cv_gap=std / mean if mean != 0 else np.nan)
     else:

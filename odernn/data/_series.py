@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 from ._sampling import stats_table
 from ._schema import Item
 from ._time import TimeEncoder, encode_times, time_kind
-from ._validate import cast_keeps_gaps, check_times, check_values, numeric_block, require_column, select_columns
+from ._validate import (cast_keeps_gaps, check_times, check_values, numeric_block, real_values, require_column,
+                        select_columns)
 from ._windows import SeriesWindows, window_spans
 
 __all__ = ["IrregularSeriesDataset"]
@@ -107,9 +108,11 @@ class IrregularSeriesDataset(Dataset):
             ``time_encoder.to_datetime`` for timestamps).
 
     Raises:
-        ValueError: For NaN / unsorted / duplicate times, empty or all-NaN series, inf values, inconsistent
-            shapes, or times whose gaps ``dtype`` cannot hold even after the shift (use ``torch.float64`` or a
-            coarser unit).
+        TypeError: For complex values or times (the imaginary part would be lost).
+        ValueError: For NaN / unsorted / duplicate times, empty or all-NaN series, inf values, values whose squares
+            overflow in ``dtype`` or float64 (beyond about 1.8e19 for float32, 1.3e154 for float64: losses and
+            variances of them are inf), inconsistent shapes, or times whose gaps ``dtype`` cannot hold even after
+            the shift (use ``torch.float64`` or a coarser unit).
     """
 
     def __init__(
@@ -139,8 +142,8 @@ class IrregularSeriesDataset(Dataset):
         n_feat = len(self.feature_names)
         for i, (t, v) in enumerate(zip(times, values)):
             where = f"series {self.series_ids[i]!r}"
-            t = np.asarray(t, dtype=np.float64).reshape(-1)
-            v = np.asarray(v, dtype=np.float64)
+            t = real_values(t, f"{where} times").reshape(-1)
+            v = real_values(v, where)
             if v.ndim == 1:
                 v = v[:, None]
             if v.ndim != 2 or v.shape[0] != t.shape[0]:
@@ -148,7 +151,7 @@ class IrregularSeriesDataset(Dataset):
             if v.shape[1] != n_feat:
                 raise ValueError(f"{where}: expected {n_feat} features {self.feature_names}, got {v.shape[1]}")
             check_times(t, t, where, "sort the series by time first")
-            check_values(v, where)
+            check_values(v, where, dtype, t, self.feature_names)
             self._times.append(t)
             self._values.append(v)
         self.time_offsets = self._offsets()
@@ -220,6 +223,7 @@ class IrregularSeriesDataset(Dataset):
         keep = ~np.isnan(values).all(axis=1)
         if not keep.any():
             raise ValueError("frame: all values are NaN, so the series has no observation; check the columns")
+        check_values(values[keep], "frame", dtype, list(index[keep]), cols)
         return cls([times[keep]], [values[keep]], feature_names=[str(c) for c in cols], series_ids=[0],
                    time_encoder=encoder, dtype=dtype)
 
@@ -295,6 +299,7 @@ class IrregularSeriesDataset(Dataset):
             keep = ~np.isnan(v).all(axis=1)
             if not keep.any():
                 raise ValueError(f"{where}: all values are NaN, so the series has no observation; drop it")
+            check_values(v[keep], where, dtype, labels[rows][keep], cols)
             times.append(times_all[rows][keep])
             values.append(v[keep])
             ids.append(sid.item() if isinstance(sid, np.generic) else sid)
@@ -343,6 +348,8 @@ class IrregularSeriesDataset(Dataset):
                 v = v.detach().cpu().numpy()
             t = t.to_numpy() if isinstance(t, (pd.Index, pd.Series)) else np.asarray(t)
             v = v.to_numpy() if isinstance(v, (pd.DataFrame, pd.Series)) else np.asarray(v)
+            if np.iscomplexobj(v):
+                real_values(v, f"series[{i}]")  # raises: the imaginary part would be lost
             if v.dtype == object or not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
                 raise TypeError(f"series[{i}]: values must be numeric, got dtype {v.dtype}")
             if t.ndim != 1:

@@ -21,6 +21,7 @@ from ._csv import read_columns
 from ._normalized import NormalizedDataset, NormalizeLike, resolve_normalize
 from ._root import ensure_dataset
 from ._schema import Item
+from ._validate import training_stats
 from ._time import sample_times
 
 __all__ = ["Silverbox", "silverbox"]
@@ -60,9 +61,7 @@ class Silverbox(NormalizedDataset):
 
     def __init__(self, data: np.ndarray, *, window: int | None, stride: int | None, time_unit: Any,
                  normalize: NormalizeLike = False) -> None:
-        self.mean = data.mean(axis=0)
-        std = data.std(axis=0)
-        self.std = np.where(std > 0, std, 1.0)
+        self.mean, self.std = training_stats(data, "silverbox record")
         self.normalization = resolve_normalize(normalize)
         values = self.normalize_values(data)
         self.v1 = values[:, 0].copy()

@@ -93,7 +93,7 @@ def time_kind(times: Any) -> TimeKind:
         times: Any 1-D container of times (see :func:`encode_times`).
 
     Raises:
-        TypeError: For booleans, strings that are not timestamps, or other objects.
+        TypeError: For booleans, complex numbers, strings that are not timestamps, or other objects.
     """
     arr = _as_array(times)
     dtype = arr.dtype
@@ -103,6 +103,9 @@ def time_kind(times: Any) -> TimeKind:
         return "timedelta"
     if pd.api.types.is_bool_dtype(dtype):
         raise TypeError("times must be numbers, datetimes or durations, got booleans")
+    if pd.api.types.is_complex_dtype(dtype):
+        raise TypeError(f"times must be real numbers, datetimes or durations, got complex dtype {dtype}; a cast "
+                        "would drop the imaginary part")
     if pd.api.types.is_numeric_dtype(dtype):
         return "numeric"
     raise TypeError(

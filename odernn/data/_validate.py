@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["cast_keeps_gaps", "check_times", "check_values", "numeric_block", "require_column", "select_columns"]
+__all__ = ["cast_keeps_gaps", "check_times", "check_values", "numeric_block", "real_values", "require_column",
+           "select_columns", "square_limit", "training_stats"]
 
 GAP_RTOL = 1e-3
 """Largest relative change of a gap that casting times to the dataset's dtype may cause (see
@@ -69,18 +70,85 @@ def cast_keeps_gaps(times: np.ndarray, dtype: torch.dtype) -> bool:
     return bool((cast_gaps > 0).all() and (np.abs(cast_gaps - gaps) <= GAP_RTOL * gaps).all())
 
 
-def check_values(values: np.ndarray, where: str) -> None:
-    """Raise ``ValueError`` for an empty series, inf values, or a series without any observed value."""
+def square_limit(dtype: torch.dtype = torch.float64) -> float:
+    """The largest magnitude whose square is finite both in float64 and in ``dtype`` (about 1.3e154 for float64,
+    1.8e19 for float32): squared errors, variances and normalisation statistics of larger values overflow."""
+    return float(np.sqrt(min(torch.finfo(dtype).max, np.finfo(np.float64).max)))
+
+
+def real_values(values: Any, where: str) -> np.ndarray:
+    """``values`` as a float64 array; ``TypeError`` for complex values (a cast would drop the imaginary part)."""
+    arr = np.asarray(values)
+    if np.iscomplexobj(arr) or (arr.dtype == object and any(isinstance(v, complex) for v in arr.reshape(-1))):
+        raise TypeError(
+            f"{where}: values are complex (dtype {arr.dtype}); odernn models real values. Pass the parts as "
+            "separate real features, e.g. np.stack([v.real, v.imag], axis=-1), or np.abs(v) if only the magnitude "
+            "matters"
+        )
+    return np.asarray(arr, dtype=np.float64)
+
+
+def check_values(values: np.ndarray, where: str, dtype: torch.dtype = torch.float64,
+                 times: Sequence[Any] | None = None, features: Sequence[Any] | None = None) -> None:
+    """Raise ``ValueError`` for an empty series, inf values, values whose squares overflow (in float64 or in
+    ``dtype``, the dtype the values will be used in), or a series without any observed value. ``times`` (n,), the
+    stamps as the user gave them (or float times), and ``features`` (F,) names are shown in messages."""
     if values.shape[0] == 0:
         raise ValueError(f"{where}: series is empty; every series needs at least one observed value")
     inf = np.isinf(values)
     if inf.any():
         r, c = np.argwhere(inf)[0]
         raise ValueError(f"{where}: values contain inf (first at row {r}, feature {c}); use NaN for unobserved")
+    limit = square_limit(dtype)
+    with np.errstate(invalid="ignore"):
+        big = np.abs(values) > limit
+    if big.any():
+        r, c = np.argwhere(big)[0]
+        at = f"row {r}" + ("" if times is None else f" (time {_fmt(times[r])})")
+        raise ValueError(
+            f"{where}: value {float(values[r, c])!r} at {at}, feature {c if features is None else repr(features[c])} "
+            f"is too large: squares (losses, variances, "
+            f"normalisation) of values beyond {limit:.3g} overflow in {dtype}; rescale the values (e.g. divide by "
+            f"a constant or take logs)" + ("" if dtype == torch.float64 else " or use dtype=torch.float64")
+        )
     if np.isnan(values).all():
         raise ValueError(
             f"{where}: all values are NaN, so the series has no observation; drop it or check the value columns"
         )
+
+
+def training_stats(values: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Normalisation statistics ``(mean, std)`` of ``(n, F)`` values over axis 0, in float64, ``std`` 1 where it is 0.
+
+    Raises:
+        TypeError: complex values.
+        ValueError: no rows, NaN/inf values or values whose squares overflow (the statistics would be inf or NaN
+            and every normalised value 0 or NaN).
+    """
+    v = real_values(values, where)
+    if v.shape[0] == 0:
+        raise ValueError(f"{where}: no values to compute normalisation statistics from")
+    bad = ~np.isfinite(v)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{where}: value at index {idx} is {float(v[idx])!r}; normalisation statistics need finite "
+                         "values")
+    limit = square_limit()
+    big = np.abs(v) > limit
+    if big.any():
+        idx = tuple(int(i) for i in np.argwhere(big)[0])
+        raise ValueError(f"{where}: value {float(v[idx])!r} at index {idx} is too large: its square overflows float64 "
+                         f"(limit {limit:.3g}), so the standard deviation would be inf; rescale the values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = v.mean(axis=0)
+        std = v.std(axis=0)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):  # many values near the limit: scale first
+        scale = np.abs(v).max(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        mean, std = (v / scale).mean(axis=0) * scale, (v / scale).std(axis=0) * scale
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ValueError(f"{where}: the normalisation statistics overflow (mean {mean}, std {std}); rescale the values")
+    return mean, np.where(std > 0, std, 1.0)
 
 
 def numeric_block(frame: pd.DataFrame, where: str) -> np.ndarray:
@@ -95,6 +163,12 @@ def numeric_block(frame: pd.DataFrame, where: str) -> np.ndarray:
             f"{where}: value column(s) {', '.join(bad)} are not numeric; convert them "
             "(e.g. df[col] = pd.to_numeric(df[col], errors='coerce')) or select numeric columns with "
             "columns=/value_cols="
+        )
+    cplx = [f"{c!r} ({frame[c].dtype})" for c in frame.columns if pd.api.types.is_complex_dtype(frame[c].dtype)]
+    if cplx:
+        raise TypeError(
+            f"{where}: value column(s) {', '.join(cplx)} are complex; odernn models real values: split each into "
+            "real features (e.g. df[c + '_re'], df[c + '_im'] = df[c].to_numpy().real, df[c].to_numpy().imag)"
         )
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 

@@ -37,6 +37,7 @@ from ._registry import registered_files
 from ._root import ensure_dataset
 from ._schema import Item
 from ._stamps import drop_stamps
+from ._validate import training_stats
 
 __all__ = ["Walker2d", "walker2d"]
 
@@ -124,10 +125,8 @@ class Walker2d(NormalizedDataset):
         self.split = name
         self._data = split
         self.files = split.files
-        stacked = np.concatenate(train.x, axis=0).astype(np.float64)
-        self.mean = stacked.mean(axis=0).astype(np.float32)
-        std = stacked.std(axis=0)
-        self.std = np.where(std > 0, std, 1.0).astype(np.float32)
+        mean, std = training_stats(np.concatenate(train.x, axis=0), "walker2d training split")
+        self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
         self.normalization = resolve_normalize(normalize)
 
     def __len__(self) -> int:
