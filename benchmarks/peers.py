@@ -370,7 +370,8 @@ def run(name: str, reps: int, only: List[str]) -> List[dict]:
 
 
 def table(rows: List[dict]) -> str:
-    lines = ["| workload | contender | loss | NFE fwd / bwd | CPU s / step (median) | min - max | first call s (wall) |",
+    lines = ["| workload | contender | loss | NFE fwd / bwd | CPU s / step (median) | min - max "
+             "| first call s (wall) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         nfe = f"{r['nfe_fwd']} / {'-' if r['nfe_bwd'] is None else r['nfe_bwd']}"

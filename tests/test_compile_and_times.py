@@ -17,12 +17,11 @@ needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which
 
 
 @needs_compiler
-def test_every_compile_is_listed_and_reaching_the_recompile_limit_warns_once(monkeypatch):
+def test_every_compile_is_listed_and_reaching_the_recompile_limit_warns_once():
     """New batch sizes recompile: each compile is in compile_log(); past torch's recompile limit one warning says the
     dynamics now runs eagerly, and results stay right."""
     from odernn._compile import call_compiled
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     torch.manual_seed(0)
     dyn = odernn.NODE(nn.Linear(3, 3))
 
@@ -30,7 +29,7 @@ def test_every_compile_is_listed_and_reaching_the_recompile_limit_warns_once(mon
         return dyn(t, z) * scale
 
     start = len(odernn.compile_log())
-    with warnings.catch_warnings(record=True) as caught:
+    with torch._dynamo.config.patch(recompile_limit=2), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for b in (1, 2, 3, 4, 3):
             z = torch.randn(b, 3)
