@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ._clip import clip_adjoint, clip_rows
-from ._compile import call_compiled, compiled_gap, compiled_stepper
+from ._compile import call_compiled, compiled_gap, compiled_stepper, no_compiler
 from ._errors import SolverError, guard_backward
 from ._nfe import BackwardCount
 from ._rk import TABLEAUS, RKSolve, fixed_grid
@@ -284,18 +284,31 @@ class _SequenceAdjoint(torch.autograd.Function):
         tab = TABLEAUS[cfg.method]
         B, T = plan.dt.shape
         a = torch.zeros_like(zpost[:, -1])
+        cell_names = None  # compiled cell vector-Jacobian products (Solver(compile=True)): the parameters' names
+        if plan.update and cfg.compile and cell_params:
+            ids = {id(p): n for n, p in seq.cell.named_parameters()}
+            cell_names = [ids[id(p)] for p in cell_params]
         for i in range(T - 1, -1, -1):
             g = a if g_post is None else a + g_post[:, i]
             if plan.update:
                 act = None if plan.active is None else plan.active[:, i].unsqueeze(-1)
-                with torch.enable_grad():
-                    zp = zpre[:, i].detach().requires_grad_(True)
-                    xi = cell_x[:, i].detach().requires_grad_(need_x)
-                    zn = seq.cell(xi, zp)
                 g_new = g if act is None else torch.where(act, g, torch.zeros((), dtype=g.dtype, device=g.device))
-                inputs = (zp, xi, *cell_params) if need_x else (zp, *cell_params)
-                vjp = torch.autograd.grad(zn, inputs, g_new, allow_unused=True)
-                gz = vjp[0] if vjp[0] is not None else torch.zeros_like(zp)
+                if cell_names is not None:  # compiled: one call, no autograd graph
+                    vjp = call_compiled(seq.cell, "cell vjp", g, (cell_x[:, i].contiguous(),
+                                                                   zpre[:, i].contiguous(), g_new.contiguous(),
+                                                                   dict(zip(cell_names, cell_params))), no_compiler)
+                    if vjp is not None:
+                        gz, gxi, gps = vjp
+                        vjp = (gz, gxi, *(gps[n] for n in cell_names)) if need_x else \
+                            (gz, *(gps[n] for n in cell_names))
+                if cell_names is None or vjp is None:
+                    with torch.enable_grad():
+                        zp = zpre[:, i].detach().requires_grad_(True)
+                        xi = cell_x[:, i].detach().requires_grad_(need_x)
+                        zn = seq.cell(xi, zp)
+                    inputs = (zp, xi, *cell_params) if need_x else (zp, *cell_params)
+                    vjp = torch.autograd.grad(zn, inputs, g_new, allow_unused=True)
+                gz = vjp[0] if vjp[0] is not None else torch.zeros_like(g)
                 if act is not None:
                     gz = gz + torch.where(act, torch.zeros((), dtype=g.dtype, device=g.device), g)
                 off = 1
