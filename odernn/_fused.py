@@ -16,9 +16,16 @@ evaluation and re-flattens the parameters. Here one loop crosses the whole seque
 The arithmetic is that of the reference path: the same tableau, controller, initial-step rule, dense output and
 warm start, so accepted steps, NFE and results agree to round-off (``tests/test_fused.py``).
 
-Host synchronisations: one per adaptive step (the accept/reject decision reads the error ratio, into which the
-finiteness of the new state is folded), one per sequence to plan the gaps, and, for fixed-grid methods, one per
-sequence to check the result is finite.
+With ``Solver(compile=True)`` (dopri5, time-independent fields), every solve that autograd does not record (the
+adjoint's forward, its backward, inference) runs as compiled *gap blocks* (:func:`odernn._compile.compiled_gap`):
+trial steps, controller, dense output and the adjoint's parameter sums in one graph; the cell's vector-Jacobian
+products in the backward pass are compiled too. The same steps and NFE; a block that meets a non-finite estimate, an
+underflowing step or too many steps hands its gap back to the general loop, which then takes exactly the old path.
+The reference path (one torchdiffeq solve per gap) is this loop with that solve injected (:func:`run_per_gap`).
+
+Host synchronisations: one per sequence to plan the gaps; per gap, one per compiled gap block, else one per adaptive
+step (the accept/reject decision reads the error ratio, into which the finiteness of the new state is folded); and,
+for fixed-grid methods, one per sequence to check the result is finite.
 """
 
 from __future__ import annotations
@@ -287,7 +294,9 @@ class _SequenceAdjoint(torch.autograd.Function):
         cell_names = None  # compiled cell vector-Jacobian products (Solver(compile=True)): the parameters' names
         if plan.update and cfg.compile and cell_params:
             ids = {id(p): n for n, p in seq.cell.named_parameters()}
-            cell_names = [ids[id(p)] for p in cell_params]
+            cell_names = [ids.get(id(p)) for p in cell_params]
+            if None in cell_names:  # not the module's own parameters: the eager product
+                cell_names = None
         for i in range(T - 1, -1, -1):
             g = a if g_post is None else a + g_post[:, i]
             if plan.update:

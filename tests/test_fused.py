@@ -244,7 +244,7 @@ def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, s
     assert inference[0][1] == inference[1][1]
     torch.testing.assert_close(inference[1][0], inference[0][0], rtol=1e-11, atol=1e-12)
     kinds = {e["kind"] for e in odernn.compile_log()}
-    assert {"dopri5 gap block", "adjoint dopri5 gap block"} <= kinds
+    assert {"dopri5 gap block", "adjoint dopri5 gap block", "cell vector-Jacobian product"} <= kinds
 
 
 @pytest.mark.parametrize("adjoint", [True, False])
