@@ -70,9 +70,12 @@ def _dopri5_step(dyn: nn.Module, t: Tensor, y0: Tensor, f0: Tensor, dt: Tensor, 
     for row in DOPRI5.rows:
         yi = _stage_sum(y0, ks, row, dt)
         ks.append(dyn(t, yi) * scale)
-    err = _stage_sum(torch.zeros_like(y0), ks, DOPRI5.err, dt)
-    tol = torch.maximum(y0.abs(), yi.abs()) * rtol + atol
-    return ks[1:], yi, _graph_norm(err / tol, rms) + yi.sum() * 0.0
+    # the error ratio steers the step size only: computed off autograd's graph (with direct backpropagation a
+    # zero error would otherwise send the square root's infinite slope, times a zero cotangent, as NaN into yi)
+    kd, y0d, yid = [k.detach() for k in ks], y0.detach(), yi.detach()
+    err = _stage_sum(torch.zeros_like(y0d), kd, DOPRI5.err, dt)
+    tol = torch.maximum(y0d.abs(), yid.abs()) * rtol + atol
+    return ks[1:], yi, _graph_norm(err / tol, rms) + yid.sum() * 0.0
 
 
 def _dopri5_adjoint_step(dyn: nn.Module, t: Tensor, z0: Tensor, a0: Tensor, fz0: Tensor, fa0: Tensor, dt: Tensor,
