@@ -1,10 +1,17 @@
-"""``Solver(compile=True)``: the vector field, its adjoint and whole Dormand-Prince steps compiled with
-``torch.compile``.
+"""``Solver(compile=True)``: whole gaps of the fused loop, single Dormand-Prince steps, the vector field and its
+adjoint compiled with ``torch.compile``.
+
+The fused loop's hot path is :func:`compiled_gap`: a *gap block* holds the trial steps of a gap with the adaptive
+controller, the dense output at the gap's end and (adjoint) the parameter-gradient sums in one graph, so a gap costs
+one compiled call and one host synchronisation when its first trial step is accepted (most gaps, with warm starts);
+the single-step and field kinds serve the general loop (direct backpropagation, the rare gap that the blocks hand
+back).
 
 Compiled functions are built per dynamics (each with its own code object, hence its own dynamo cache) with static
-shapes: a new batch size compiles once more. Every first call per shape is timed and listed by :func:`compile_log`.
-Where no compiler is available (no C++ compiler on the CPU, no triton on CUDA) or compiling fails, the loop runs
-eagerly after one warning.
+shapes: a new batch size compiles once more. Every call that compiles is timed and listed by :func:`compile_log`,
+recompiles included. Where no compiler is available (no C++ compiler on the CPU, no triton on CUDA), compiling
+fails, or torch's recompile limit is reached, the loop runs eagerly after one warning. Compiled code is cached on
+disk by torch (inductor's FX-graph cache), so a second process compiles the same model much faster.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor, nn
+from torch._dynamo.exc import FailOnRecompileLimitHit
+from torch._dynamo.utils import counters as _DYNAMO_COUNTERS
 
 from ._nfe import BackwardCount
-from ._rk import DOPRI5
+from ._rk import DFACTOR, DOPRI5, DOPRI5_MID, IFACTOR, SAFETY
 
 __all__ = ["compile_log", "call_compiled", "compiled_stepper"]
 
@@ -61,9 +70,12 @@ def _dopri5_step(dyn: nn.Module, t: Tensor, y0: Tensor, f0: Tensor, dt: Tensor, 
     for row in DOPRI5.rows:
         yi = _stage_sum(y0, ks, row, dt)
         ks.append(dyn(t, yi) * scale)
-    err = _stage_sum(torch.zeros_like(y0), ks, DOPRI5.err, dt)
-    tol = torch.maximum(y0.abs(), yi.abs()) * rtol + atol
-    return ks[1:], yi, _graph_norm(err / tol, rms) + yi.sum() * 0.0
+    # the error ratio steers the step size only: computed off autograd's graph (with direct backpropagation a
+    # zero error would otherwise send the square root's infinite slope, times a zero cotangent, as NaN into yi)
+    kd, y0d, yid = [k.detach() for k in ks], y0.detach(), yi.detach()
+    err = _stage_sum(torch.zeros_like(y0d), kd, DOPRI5.err, dt)
+    tol = torch.maximum(y0d.abs(), yid.abs()) * rtol + atol
+    return ks[1:], yi, _graph_norm(err / tol, rms) + yid.sum() * 0.0
 
 
 def _dopri5_adjoint_step(dyn: nn.Module, t: Tensor, z0: Tensor, a0: Tensor, fz0: Tensor, fa0: Tensor, dt: Tensor,
@@ -90,18 +102,38 @@ def _dopri5_adjoint_step(dyn: nn.Module, t: Tensor, z0: Tensor, a0: Tensor, fz0:
     return kz[1:], ka[1:], kp, zi, ai, torch.maximum(rz, ra) + zi.sum() * 0.0 + ai.sum() * 0.0
 
 
+def _cell_vjp(cell: nn.Module, x: Tensor, z: Tensor, g: Tensor, params: dict):
+    """The RNN cell's vector-Jacobian product ``g^T d cell(x, z) / d(z, x, params)`` in one graph (the sequence
+    adjoint's step at an observation)."""
+    def f(zz, xx, prm):
+        return torch.func.functional_call(cell, prm, (xx, zz))
+
+    _, pull = torch.func.vjp(f, z, x, params)
+    gz, gx, gp = pull(g)
+    return gz, gx, gp
+
+
 _BASES = {"field": _eval_field, "aug": _aug_field, "step": _dopri5_step, "adjoint step": _dopri5_adjoint_step}
 _KIND_NAMES = {"field": "field", "aug": "adjoint field", "step": "dopri5 step", "adjoint step": "adjoint dopri5 step"}
 
+#: inductor options of every compiled function: a C++ wrapper calls the kernels of a graph without going back to
+#: Python between them (on these small states that bookkeeping costs more than the arithmetic).
+_OPTIONS: dict = {"cpp_wrapper": True}
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOG: List[dict] = []
 _WARNED: set = set()
 
 
 def compile_log() -> List[dict]:
-    """What ``Solver(compile=True)`` compiled in this process: one entry per first call of a compiled evaluation
-    (``kind`` "field" or "adjoint field", the dynamics class, state shape, dtype, device, grad mode) with
-    ``seconds``, the wall time of that first call (tracing and compiling included)."""
+    """Every compile that ``Solver(compile=True)`` caused in this process, recompiles included (a new batch size,
+    shape, dtype, device or grad mode, or a changed attribute of the dynamics that its compiled code depends on).
+
+    Each entry: ``kind`` (``"dopri5 gap block"``, ``"adjoint dopri5 gap block"``, ``"dopri5 step"``,
+    ``"adjoint dopri5 step"``, ``"field"``, ``"adjoint field"``, ``"cell vector-Jacobian product"``), ``dynamics``
+    (the class name of the compiled module: the dynamics, or the ODE-RNN's cell for the last kind), ``state_shape``
+    (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile`` (``False`` for the
+    first compile of this kind for this dynamics) and ``seconds``, the wall time of the call that compiled (tracing
+    and compiling included; a compile found in torch's on-disk cache is fast)."""
     return [dict(e) for e in _LOG]
 
 
@@ -152,31 +184,52 @@ def _compiled(dyn: nn.Module, kind: str, z: Tensor) -> Optional[Callable]:
                    f"the CPU, triton on CUDA); running the solver loop eagerly")
         return None
     # static shapes: far less per-call overhead than dynamic ones; a new batch size compiles once more
-    fn = entry[kind] = torch.compile(_fresh(_BASES[kind], f"{len(_LOG)}_{id(dyn):x}"), dynamic=False)
+    # fullgraph: a graph break would put host synchronisations back into a step; it (and reaching torch's
+    # recompile limit) raises, and call_compiled then warns once and runs eagerly
+    fn = entry[kind] = torch.compile(_fresh(_BASES[kind], f"{len(_LOG)}_{id(dyn):x}"), dynamic=False,
+                                     fullgraph=True, options=dict(_OPTIONS) or None)
     return fn
 
 
+def _graphs_compiled() -> int:
+    return _DYNAMO_COUNTERS["stats"]["unique_graphs"]
+
+
 def call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable):
-    """Call the compiled ``kind`` of ``dyn`` (timing its first call per shape), or ``eager(*args)`` without one."""
+    """Call the compiled ``kind`` of ``dyn`` (logging every call that compiled), or ``eager(*args)`` without one.
+
+    When torch's recompile limit (``torch._dynamo.config.recompile_limit``) is reached for ``dyn``, or compiling
+    fails, one ``RuntimeWarning`` says so and ``dyn`` runs eagerly from then on."""
     fn = _compiled(dyn, kind, z)
     if fn is None:
         return eager(*args)
-    entry = _COMPILED[dyn]
-    key = (kind, tuple(z.shape[1:]), z.dtype, z.device.type, torch.is_grad_enabled())
-    if key in entry["seen"]:
-        return fn(dyn, *args)
+    before = _graphs_compiled()
     start = time.perf_counter()
     try:
         out = fn(dyn, *args)
+    except FailOnRecompileLimitHit:
+        _COMPILED[dyn]["eager"] = True
+        limit = torch._dynamo.config.recompile_limit
+        _warn_once(f"limit-{id(dyn):x}",
+                   f"Solver(compile=True): torch's recompile limit ({limit} compiles per function) was reached for "
+                   f"the {_KIND_NAMES[kind]} of {type(dyn).__name__} (state {tuple(z.shape)}, {z.dtype}): each new "
+                   f"batch size, shape, dtype or grad mode, and each change of an attribute the compiled code reads, "
+                   f"compiles once more. This dynamics now runs eagerly (slower, same results). Keep batch sizes "
+                   f"fixed (e.g. drop_last=True), or raise torch._dynamo.config.recompile_limit; odernn.compile_log() "
+                   f"lists the compiles")
+        return eager(*args)
     except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
-        entry["eager"] = True
+        _COMPILED[dyn]["eager"] = True
         _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
                                                  f"({type(e).__name__}: {e}); running the solver loop eagerly")
         return eager(*args)
-    entry["seen"].add(key)
-    _LOG.append(dict(kind=_KIND_NAMES[kind], dynamics=type(dyn).__name__, state_shape=tuple(z.shape),
-                     dtype=str(z.dtype), device=str(z.device), grad=torch.is_grad_enabled(),
-                     seconds=time.perf_counter() - start))
+    if _graphs_compiled() != before:
+        entry = _COMPILED[dyn]
+        recompile = kind in entry["seen"]
+        entry["seen"].add(kind)
+        _LOG.append(dict(kind=_KIND_NAMES[kind], dynamics=type(dyn).__name__, state_shape=tuple(z.shape),
+                         dtype=str(z.dtype), device=str(z.device), grad=torch.is_grad_enabled(),
+                         recompile=recompile, seconds=time.perf_counter() - start))
     return out
 
 
@@ -194,9 +247,17 @@ def compiled_stepper(gap, solve, adjoint: bool) -> Callable:
     rms = cfg.norm == "rms"
     stages = len(DOPRI5.rows)
 
+    buffer: dict = {}
+
     def step(t: float, dt: float, y: List[Tensor], f: List[Tensor]):
         z = y[0]
-        dt_t = torch.tensor(dt, dtype=z.dtype, device=z.device)
+        if torch.is_grad_enabled():  # autograd may keep the step size for the backward pass: a fresh tensor
+            dt_t = torch.tensor(dt, dtype=z.dtype, device=z.device)
+        else:  # one 0-d tensor per solve, refilled (a host-to-device copy, no allocation)
+            dt_t = buffer.get(z.dtype)
+            if dt_t is None or dt_t.device != z.device:
+                dt_t = buffer[z.dtype] = torch.empty((), dtype=z.dtype, device=z.device)
+            dt_t.fill_(dt)
         if adjoint:
             params = dict(zip(gap.names, gap.params))
             out = call_compiled(gap.dyn, "adjoint step", z, (gap.time(0.0), z, y[1], f[0], f[1], dt_t, gap.scale,
@@ -218,3 +279,245 @@ def compiled_stepper(gap, solve, adjoint: bool) -> Callable:
         return [f] + [[k] for k in ks1], [y1], ratio
 
     return step
+
+
+# -- whole gaps: a block of trial steps with the controller in the graph ----------------------------------------------
+#: Trial steps one compiled gap block holds, per device type. A block computes all of them (the ones after the gap's
+#: end are masked), so more steps cost arithmetic and save host synchronisations. On the CPU, where a synchronisation is
+#: only a read, one step per block measured fastest (plane-vibration HBNODE-RNN, benchmarks/peers.md: 0.117 s with 1,
+#: 0.126 s with 2); a GPU waits for every synchronisation, so there a block holds two steps: with warm starts about
+#: 98% of gaps finish within two (PV, Walker2D), i.e. one synchronisation per gap. Not measured on a GPU.
+GAP_BLOCK_STEPS = {"cpu": 1}
+GAP_BLOCK_STEPS_OTHER = 2
+
+
+def gap_block_steps(device: torch.device) -> int:
+    return GAP_BLOCK_STEPS.get(device.type, GAP_BLOCK_STEPS_OTHER)
+
+
+_F64 = torch.float64
+
+
+def _dense_at(y0: Tensor, y1: Tensor, ks: List[Tensor], dt: Tensor, x: Tensor) -> Tensor:
+    """Dormand-Prince's quartic dense output on one step (the arithmetic of :func:`odernn._rk.dense_output`);
+    ``dt`` in the state dtype, ``x`` the float64 fraction of the step."""
+    y_mid = _stage_sum(y0, ks, DOPRI5_MID, dt)
+    f0, f1 = ks[0], ks[-1]
+    a = (f1 - f0) * (2 * dt) + (y1 + y0) * -8.0 + y_mid * 16.0
+    b = f0 * (5 * dt) + f1 * (-3 * dt) + y0 * 18.0 + y1 * 14.0 + y_mid * -32.0
+    cc = f1 * dt + f0 * (-4 * dt) + y0 * -11.0 + y1 * -5.0 + y_mid * 16.0
+    d = f0 * dt
+    dtype = y0.dtype
+    x2 = x * x
+    return y0 + x.to(dtype) * d + x2.to(dtype) * cc + (x2 * x).to(dtype) * b + (x2 * x2).to(dtype) * a
+
+
+def _controller(t: Tensor, dt: Tensor, ratio: Tensor, active: Tensor, problem: Tensor):
+    """One decision of the adaptive controller (:meth:`odernn._rk.RKSolve.adaptive`) on float64 0-d tensors:
+    whether the trial counts, whether it is accepted, the next step size, and whether something needs the host
+    (a non-finite error estimate or step size, an underflowing step)."""
+    problem = problem | (active & ~(torch.isfinite(dt) & (t + dt > t))) | (active & ~torch.isfinite(ratio))
+    ok = active & ~problem
+    accept = ok & (ratio <= 1)
+    lower = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, DFACTOR))
+    factor = torch.clamp(torch.maximum(SAFETY / ratio ** (1.0 / DOPRI5.order), lower), max=IFACTOR)
+    factor = torch.where(ratio == 0, torch.full_like(ratio, IFACTOR), factor)
+    return ok, accept, torch.where(ok, dt * factor, dt), problem
+
+
+def _dopri5_gap(dyn: nn.Module, t: Tensor, y: Tensor, f: Tensor, fresh: Tensor, s: Tensor, dt: Tensor,
+                y_end: Tensor, last: Tensor, scale: Tensor, rtol: float, atol: float, rms: bool, steps: int,
+                s_end: float):
+    """Up to ``steps`` adaptive Dormand-Prince trial steps of ``dz/ds = scale * f(t, z)`` towards ``s_end``, with the
+    controller and the dense output at ``s_end`` in the graph (no host synchronisation inside).
+
+    ``fresh`` (bool 0-d): evaluate ``f`` at the start (a new gap) instead of using the given one (a continuation).
+    ``s``, ``dt``, ``last`` (float64 0-d): solve time, proposed step, last accepted step. Trials after the end is
+    reached are computed and discarded (masked). Returns the new carry ``(y, f, s, dt, y_end, last)`` and
+    ``stats`` (float64: reached the end, needs the host, counted trials, last accepted step)."""
+    f = torch.where(fresh, dyn(t, y) * scale, f)
+    done = s >= s_end
+    problem = torch.zeros((), dtype=torch.bool, device=y.device)
+    trials = torch.zeros((), dtype=torch.int64, device=y.device)
+    for _ in range(steps):
+        active = ~(done | problem)
+        dts = dt.to(y.dtype)
+        ks = [f]
+        yi = y
+        for row in DOPRI5.rows:
+            yi = _stage_sum(y, ks, row, dts)
+            ks.append(dyn(t, yi) * scale)
+        err = _stage_sum(torch.zeros_like(y), ks, DOPRI5.err, dts)
+        tol = torch.maximum(y.abs(), yi.abs()) * rtol + atol
+        ratio = (_graph_norm(err / tol, rms) + yi.sum() * 0.0).to(_F64)
+        trials = trials + active.to(torch.int64)
+        ok, accept, dt_next, problem = _controller(s, dt, ratio, active, problem)
+        s_new = s + dt
+        ends = accept & (s_new >= s_end)
+        dense = _dense_at(y, yi, ks, dts, (s_end - s) / dt)
+        y_end = torch.where(ends, torch.where(s_new == s_end, yi, dense), y_end)
+        last = torch.where(accept, dt, last)
+        y = torch.where(accept, yi, y)
+        f = torch.where(accept, ks[-1], f)
+        s = torch.where(accept, s_new, s)
+        dt = dt_next
+        done = done | ends
+    stats = torch.stack([done.to(_F64), problem.to(_F64), trials.to(_F64), last])
+    return y, f, s, dt, y_end, last, stats
+
+
+def _dopri5_adjoint_gap(dyn: nn.Module, t: Tensor, z: Tensor, a: Tensor, p: List[Tensor], fz: Tensor, fa: Tensor,
+                        fp: List[Tensor], fresh: Tensor, s: Tensor, dt: Tensor, z_end: Tensor, a_end: Tensor,
+                        p_end: List[Tensor], scale: Tensor, params: dict, rtol: float, atol: float, rms: bool,
+                        steps: int, s_end: float):
+    """:func:`_dopri5_gap` for the adjoint system in reversed time: ``[z, a]`` steer the step (seminorm), the
+    parameter-gradient channels ``p`` (one tensor per parameter, in the order of ``params``) are summed on accepted
+    steps and interpolated at the end."""
+    names = list(params)
+
+    def g(zz, prm):
+        return torch.func.functional_call(dyn, prm, (t, zz)) * scale
+
+    def field(zz, aa):
+        out, pull = torch.func.vjp(g, zz, params)
+        gz, gp = pull(aa)
+        return -out, gz, [gp[n] for n in names]
+
+    fz0, fa0, fp0 = field(z, a)
+    fz = torch.where(fresh, fz0, fz)
+    fa = torch.where(fresh, fa0, fa)
+    fp = [torch.where(fresh, x0, x) for x0, x in zip(fp0, fp)]
+    done = s >= s_end
+    problem = torch.zeros((), dtype=torch.bool, device=z.device)
+    trials = torch.zeros((), dtype=torch.int64, device=z.device)
+    for _ in range(steps):
+        active = ~(done | problem)
+        dts = dt.to(z.dtype)
+        kz, ka, kp = [fz], [fa], [fp]
+        zi, ai = z, a
+        for row in DOPRI5.rows:
+            zi = _stage_sum(z, kz, row, dts)
+            ai = _stage_sum(a, ka, row, dts)
+            oz, oa, op = field(zi, ai)
+            kz.append(oz)
+            ka.append(oa)
+            kp.append(op)
+        ez = _stage_sum(torch.zeros_like(z), kz, DOPRI5.err, dts)
+        ea = _stage_sum(torch.zeros_like(a), ka, DOPRI5.err, dts)
+        rz = _graph_norm(ez / (torch.maximum(z.abs(), zi.abs()) * rtol + atol), rms)
+        ra = _graph_norm(ea / (torch.maximum(a.abs(), ai.abs()) * rtol + atol), rms)
+        ratio = (torch.maximum(rz, ra) + zi.sum() * 0.0 + ai.sum() * 0.0).to(_F64)
+        trials = trials + active.to(torch.int64)
+        ok, accept, dt_next, problem = _controller(s, dt, ratio, active, problem)
+        pi = [_stage_sum(p[c], [k[c] for k in kp], DOPRI5.weights, dts) for c in range(len(p))]
+        s_new = s + dt
+        ends = accept & (s_new >= s_end)
+        exact = s_new == s_end
+        x = (s_end - s) / dt
+        z_end = torch.where(ends, torch.where(exact, zi, _dense_at(z, zi, kz, dts, x)), z_end)
+        a_end = torch.where(ends, torch.where(exact, ai, _dense_at(a, ai, ka, dts, x)), a_end)
+        p_end = [torch.where(ends, torch.where(exact, pi[c], _dense_at(p[c], pi[c], [k[c] for k in kp], dts, x)),
+                             p_end[c]) for c in range(len(p))]
+        z = torch.where(accept, zi, z)
+        a = torch.where(accept, ai, a)
+        p = [torch.where(accept, n1, n0) for n1, n0 in zip(pi, p)]
+        fz = torch.where(accept, kz[-1], fz)
+        fa = torch.where(accept, ka[-1], fa)
+        fp = [torch.where(accept, n1, n0) for n1, n0 in zip(kp[-1], fp)]
+        s = torch.where(accept, s_new, s)
+        dt = dt_next
+        done = done | ends
+    stats = torch.stack([done.to(_F64), problem.to(_F64), trials.to(_F64)])
+    return z, a, p, fz, fa, fp, s, dt, z_end, a_end, p_end, stats
+
+
+_BASES.update({"gap": _dopri5_gap, "adjoint gap": _dopri5_adjoint_gap, "cell vjp": _cell_vjp})
+_KIND_NAMES.update({"gap": "dopri5 gap block", "adjoint gap": "adjoint dopri5 gap block",
+                    "cell vjp": "cell vector-Jacobian product"})
+
+_CONST: dict = {}
+
+
+def _const(value, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cached 0-d constant (the blocks' flags and start times; never written to)."""
+    key = (value, dtype, device)
+    c = _CONST.get(key)
+    if c is None:
+        c = _CONST[key] = torch.tensor(value, dtype=dtype, device=device)
+    return c
+
+
+def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, first: float, adjoint: bool,
+                 extra_evals: int = 0):
+    """The adaptive solve of one gap as compiled blocks of :func:`gap_block_steps` trial steps
+    (``Solver(compile=True)``, dopri5, time-independent fields, no autograd recording).
+
+    Every block runs the controller, the dense output and (for the adjoint) the parameter-gradient sums in one graph;
+    the host reads three integers per block (one synchronisation) to learn whether the gap is done. The arithmetic is
+    that of :meth:`odernn._rk.RKSolve.adaptive` (same accepted steps and NFE; values to round-off).
+
+    Args:
+        gap: the fused loop's gap field (``dyn``, ``scale``, ``time``, ``count``; ``params``, ``names`` for the
+            adjoint).
+        solve: the :class:`odernn._rk.RKSolve` of the gap (its settings).
+        y0: ``[z]`` forward, ``[z, a, *parameter channels]`` adjoint.
+        s_start, s_end: the solve interval in rescaled time.
+        first: the first trial step.
+        adjoint: the adjoint system (reversed time) instead of the forward one.
+        extra_evals: evaluations already spent on this gap (the initial-step rule), counted on success.
+
+    Returns:
+        ``(ys at s_end, last accepted step)``, or ``None`` when the general loop must solve the gap from its start:
+        no compiler, a non-finite error estimate or step size, an underflowing step or more than ``max_steps``
+        trials (the general loop then retries, counts and raises exactly as it would have).
+    """
+    cfg = solve.cfg
+    # static shapes and strides: contiguous, detached inputs (views into the sequence's states would otherwise
+    # compile once per stride, and a state that requires grad once more)
+    y0 = [x.detach().contiguous() for x in y0]
+    z = y0[0]
+    dev = z.device
+    rms = cfg.norm == "rms"
+    kind = "adjoint gap" if adjoint else "gap"
+    steps = gap_block_steps(dev)
+    s = _const(float(s_start), _F64, dev)
+    dt = torch.tensor(first, dtype=_F64, device=dev)
+    fresh = _const(True, torch.bool, dev)
+    t = gap.time(0.0)
+    total = 0
+    # placeholders for what a first block computes itself, each its own tensor: dynamo guards on inputs aliasing
+    # each other, so passing one tensor twice would compile the block a second time for continuations
+    if adjoint:
+        params = dict(zip(gap.names, gap.params))
+        z, a, p = y0[0], y0[1], list(y0[2:])
+        fz, fa, fp = torch.zeros_like(z), torch.zeros_like(a), [torch.zeros_like(x) for x in p]
+        z_end, a_end, p_end = torch.zeros_like(z), torch.zeros_like(a), [torch.zeros_like(x) for x in p]
+    else:
+        y, f, y_end, last = z, torch.zeros_like(z), torch.zeros_like(z), _const(-1.0, _F64, dev)
+    while True:
+        if adjoint:
+            out = call_compiled(gap.dyn, kind, z, (t, z, a, p, fz, fa, fp, fresh, s, dt, z_end, a_end, p_end,
+                                                   gap.scale, params, cfg.rtol, cfg.atol, rms, steps,
+                                                   s_end), no_compiler)
+        else:
+            out = call_compiled(gap.dyn, kind, z, (t, y, f, fresh, s, dt, y_end, last, gap.scale, cfg.rtol,
+                                                   cfg.atol, rms, steps, s_end), no_compiler)
+        if out is None:
+            return None
+        stats = out[-1].tolist()  # the one host synchronisation of a block
+        done, problem = stats[0] != 0, stats[1] != 0
+        total += int(stats[2])
+        if problem or total > cfg.max_steps:
+            return None
+        if adjoint:
+            z, a, p, fz, fa, fp, s, dt, z_end, a_end, p_end, _ = out
+        else:
+            y, f, s, dt, y_end, last, _ = out
+        if done:
+            break
+        fresh = _const(False, torch.bool, dev)
+    for _ in range(extra_evals + 1 + (len(DOPRI5.rows)) * total):
+        gap.count(adjoint)
+    if adjoint:
+        return [z_end, a_end, *p_end], None
+    return [y_end], stats[3]

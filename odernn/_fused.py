@@ -16,26 +16,37 @@ evaluation and re-flattens the parameters. Here one loop crosses the whole seque
 The arithmetic is that of the reference path: the same tableau, controller, initial-step rule, dense output and
 warm start, so accepted steps, NFE and results agree to round-off (``tests/test_fused.py``).
 
-Host synchronisations: one per adaptive step (the accept/reject decision reads the error ratio, into which the
-finiteness of the new state is folded), one per sequence to plan the gaps, and, for fixed-grid methods, one per
-sequence to check the result is finite.
+With ``Solver(compile=True)`` (dopri5, time-independent fields), every solve that autograd does not record (the
+adjoint's forward, its backward, inference) runs as compiled *gap blocks* (:func:`odernn._compile.compiled_gap`):
+trial steps, controller, dense output and the adjoint's parameter sums in one graph; the cell's vector-Jacobian
+products in the backward pass are compiled too. The same steps and NFE; a block that meets a non-finite estimate, an
+underflowing step or too many steps hands its gap back to the general loop, which then takes exactly the old path.
+The reference path (one torchdiffeq solve per gap) is this loop with that solve injected (:func:`run_per_gap`).
+
+Host synchronisations: one per sequence to plan the gaps; per gap, one per compiled gap block, else one per adaptive
+step (the accept/reject decision reads the error ratio, into which the finiteness of the new state is folded); and,
+for fixed-grid methods, one per sequence to check the result is finite.
 """
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+import math
+import sys
+import warnings
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ._clip import clip_adjoint, clip_rows
-from ._compile import call_compiled, compiled_stepper
+from ._compile import call_compiled, compiled_gap, compiled_stepper, no_compiler
 from ._errors import SolverError, guard_backward
 from ._nfe import BackwardCount
 from ._rk import TABLEAUS, RKSolve, fixed_grid
 from ._solver import Solver
 
-__all__ = ["FUSED_METHODS", "fused_supported", "Plan", "make_plan", "Sequence_", "run_sequence"]
+__all__ = ["FUSED_METHODS", "fused_supported", "Plan", "make_plan", "Sequence_", "run_sequence", "run_per_gap",
+           "check_time_resolution"]
 
 FUSED_METHODS = frozenset(TABLEAUS)
 
@@ -93,7 +104,7 @@ class _Gap:
         self.dyn = seq.dynamics
         plan = seq.plan
         dt = plan.dt[:, i]
-        self.scale = dt.reshape((-1,) + (1,) * (seq.state_dim - 1))
+        self.scale = dt.reshape((-1,) + (1,) * (seq.state_dim - 1)).contiguous()  # one stride for compiled code
         self.dt = dt
         self.t_from = plan.t_from[:, i] if seq.needs_time else None
         self.max_evals = 20 * seq.cfg.max_steps
@@ -169,12 +180,39 @@ class _AugmentedGap(_Gap):
         return [torch.neg(g.detach()), *grads]
 
 
+def _compiled_steps(seq: Sequence_) -> bool:
+    """Whether whole Dormand-Prince steps (and gap blocks) run compiled."""
+    return seq.cfg.compile and seq.cfg.method == "dopri5" and not seq.needs_time
+
+
+def _solve_blocks(gap: _Gap, solve: RKSolve, y0: List[Tensor], s0: float, s1: float, first: Optional[float],
+                  adjoint: bool):
+    """One gap's adaptive solve as compiled gap blocks (:func:`odernn._compile.compiled_gap`), or ``None`` when the
+    general loop must run it. Without a warm start the initial-step rule runs first (eagerly; its two evaluations
+    are counted only if the blocks finish the gap, since the general loop would repeat and count them)."""
+    extra = 0
+    if first is None:
+        saved = gap.compile
+        gap.compile = False
+        gap.count = lambda backward: None  # an instance attribute shadowing the method: counted on success below
+        try:
+            first = solve.initial_step(s0, y0, gap(s0, y0[:solve.n_active]))
+        except SolverError:  # the general loop repeats the rule, counts its evaluations and raises
+            return None
+        finally:
+            gap.compile = saved
+            del gap.count
+        extra = 1  # the initial-step rule's trial evaluation (its f0 is the block's first evaluation)
+    return compiled_gap(gap, solve, y0, s0, s1, first, adjoint, extra)
+
+
 def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], firsts: Optional[list]):
     cfg = seq.cfg
     tab = TABLEAUS[cfg.method]
     gap = _Gap(seq, i, "forward")
     solve = RKSolve(tab, cfg, cfg.norm_function, gap, 1, "forward")
-    if cfg.compile and cfg.method == "dopri5" and not seq.needs_time:
+    compiled = _compiled_steps(seq)
+    if compiled:
         solve.stepper = compiled_stepper(gap, solve, adjoint=False)
     if tab.err is None:
         (z,) = solve.fixed([z], fixed_grid(cfg.step_fraction, 0.0, 1.0, z.dtype))
@@ -183,20 +221,30 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
     first = None if step is None or not seq.warm_start else min(1.0, step / span)
     if firsts is not None:
         firsts[i] = first
-    (z,), last = solve.adaptive([z], 0.0, 1.0, first)
+    # nothing recorded for autograd (adjoint forward, inference): whole gaps as compiled blocks
+    done = _solve_blocks(gap, solve, [z], 0.0, 1.0, first, False) if compiled and not torch.is_grad_enabled() \
+        else None
+    if done is None:
+        done = solve.adaptive([z], 0.0, 1.0, first)
+    (z,), last = done
     return z, (step if last is None else last * span)
 
 
 def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
-                  step: Optional[float], differentiable: bool, firsts: Optional[list] = None):
-    """Zpre (B, T, S): states arriving at each observation (plus ``probe``); Zpost: after the cell; last step."""
+                  step: Optional[float], differentiable: bool, firsts: Optional[list] = None,
+                  solve_gap: Optional[Callable] = None):
+    """Zpre (B, T, S): states arriving at each observation (plus ``probe``); Zpost: after the cell; last step.
+
+    ``solve_gap(seq, z, i, step, firsts) -> (z, step)`` moves the batch through gap ``i`` (default: the fused loop's
+    explicit Runge-Kutta solve; the reference path injects one torchdiffeq solve per gap)."""
     plan = seq.plan
     T = plan.dt.shape[1]
     active = plan.active
+    solve = _solve_forward if solve_gap is None else solve_gap
     pre, post = [], []
     for i in range(T):
         if plan.moves[i]:
-            z, step = _solve_forward(seq, z, i, step, firsts)
+            z, step = solve(seq, z, i, step, firsts)
         if probe is not None:
             z = z + probe[:, i]
         pre.append(z)
@@ -208,7 +256,7 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
         post.append(z)
     zpre = torch.stack(pre, dim=1)
     zpost = zpre if not plan.update else torch.stack(post, dim=1)
-    if not TABLEAUS[seq.cfg.method].err and not bool(torch.isfinite(zpost).all()):
+    if solve_gap is None and not TABLEAUS[seq.cfg.method].err and not bool(torch.isfinite(zpost).all()):
         raise SolverError(f"the forward solve ({seq.cfg.method!r}) produced a non-finite (NaN or inf) state: the "
                           f"dynamics blew up; use a smaller step_fraction, an adaptive method, or regularise the model")
     return zpre, zpost, step
@@ -243,18 +291,33 @@ class _SequenceAdjoint(torch.autograd.Function):
         tab = TABLEAUS[cfg.method]
         B, T = plan.dt.shape
         a = torch.zeros_like(zpost[:, -1])
+        cell_names = None  # compiled cell vector-Jacobian products (Solver(compile=True)): the parameters' names
+        if plan.update and cfg.compile and cell_params:
+            ids = {id(p): n for n, p in seq.cell.named_parameters()}
+            cell_names = [ids.get(id(p)) for p in cell_params]
+            if None in cell_names:  # not the module's own parameters: the eager product
+                cell_names = None
         for i in range(T - 1, -1, -1):
             g = a if g_post is None else a + g_post[:, i]
             if plan.update:
                 act = None if plan.active is None else plan.active[:, i].unsqueeze(-1)
-                with torch.enable_grad():
-                    zp = zpre[:, i].detach().requires_grad_(True)
-                    xi = cell_x[:, i].detach().requires_grad_(need_x)
-                    zn = seq.cell(xi, zp)
                 g_new = g if act is None else torch.where(act, g, torch.zeros((), dtype=g.dtype, device=g.device))
-                inputs = (zp, xi, *cell_params) if need_x else (zp, *cell_params)
-                vjp = torch.autograd.grad(zn, inputs, g_new, allow_unused=True)
-                gz = vjp[0] if vjp[0] is not None else torch.zeros_like(zp)
+                if cell_names is not None:  # compiled: one call, no autograd graph
+                    vjp = call_compiled(seq.cell, "cell vjp", g, (cell_x[:, i].contiguous(),
+                                                                   zpre[:, i].contiguous(), g_new.contiguous(),
+                                                                   dict(zip(cell_names, cell_params))), no_compiler)
+                    if vjp is not None:
+                        gz, gxi, gps = vjp
+                        vjp = (gz, gxi, *(gps[n] for n in cell_names)) if need_x else \
+                            (gz, *(gps[n] for n in cell_names))
+                if cell_names is None or vjp is None:
+                    with torch.enable_grad():
+                        zp = zpre[:, i].detach().requires_grad_(True)
+                        xi = cell_x[:, i].detach().requires_grad_(need_x)
+                        zn = seq.cell(xi, zp)
+                    inputs = (zp, xi, *cell_params) if need_x else (zp, *cell_params)
+                    vjp = torch.autograd.grad(zn, inputs, g_new, allow_unused=True)
+                gz = vjp[0] if vjp[0] is not None else torch.zeros_like(g)
                 if act is not None:
                     gz = gz + torch.where(act, torch.zeros((), dtype=g.dtype, device=g.device), g)
                 off = 1
@@ -276,20 +339,22 @@ class _SequenceAdjoint(torch.autograd.Function):
                 z_end = zpre[:, i] if probe is None else zpre[:, i] - probe[:, i]
                 aug = _AugmentedGap(seq, i, list(dyn_params), ctx.param_names)
                 solve = RKSolve(tab, cfg, cfg.norm_function, aug, 2, "adjoint (backward)")
-                if cfg.compile and cfg.method == "dopri5" and not seq.needs_time:
+                compiled = _compiled_steps(seq)
+                if compiled:
                     solve.stepper = compiled_stepper(aug, solve, adjoint=True)
                 y0 = [z_end, g, *[torch.zeros_like(p) for p in dyn_params]]
                 if tab.err is None:
                     ys = solve.fixed(y0, fixed_grid(cfg.step_fraction, -1.0, 0.0, z_end.dtype))
                 else:
-                    ys, _ = solve.adaptive(y0, -1.0, -0.0, ctx.firsts[i])
+                    done = _solve_blocks(aug, solve, y0, -1.0, -0.0, ctx.firsts[i], True) if compiled else None
+                    ys, _ = solve.adaptive(y0, -1.0, -0.0, ctx.firsts[i]) if done is None else done
                 if tab.err is None and not bool(torch.isfinite(ys[1]).all()):
                     raise SolverError(f"the adjoint (backward) solve ({cfg.method!r}) produced a non-finite state: "
                                       f"the dynamics blew up backwards; use a smaller step_fraction or an adaptive "
                                       f"method")
                 g = ys[1]
-                for j, gp in enumerate(ys[2:]):
-                    grads[j] += gp
+                if len(ys) > 2:
+                    torch._foreach_add_(grads[:len(ys) - 2], list(ys[2:]))
             a = g
         if not bool(torch.isfinite(torch.stack([a.sum()] + [x.sum() for x in grads]).sum())):
             raise SolverError(f"the backward pass of the {cfg.method!r} solve produced a non-finite gradient (NaN or "
@@ -298,9 +363,61 @@ class _SequenceAdjoint(torch.autograd.Function):
         return (None, None, None, a, gx, gprobe, *grads)
 
 
+#: A time-dependent field is refused times whose spacing in the model's dtype exceeds this fraction of the smallest gap.
+TIME_RESOLUTION = 1e-3
+
+
+def check_time_resolution(seq: Sequence_) -> None:
+    """Refuse (``time_dependent=True``) or warn about (a dynamics with its own ``forward``, which may not read ``t``)
+    absolute times that the model's dtype cannot resolve.
+
+    A time-dependent field receives ``t_from + s * dt``, formed in the precision of the given times and then cast to
+    the model's dtype. The gaps themselves are always kept (they are taken before the cast); only the time the field
+    reads is rounded: a float32 model reading epoch seconds (~1.7e9) sees time in steps of 128 s.
+
+    Raises:
+        ValueError: when the dynamics is time-dependent and the spacing of the model's dtype at the largest time
+            exceeds :data:`TIME_RESOLUTION` times the smallest gap.
+    """
+    plan = seq.plan
+    dtype = plan.dt.dtype
+    if not seq.needs_time or torch.finfo(plan.t_from.dtype).eps >= torch.finfo(dtype).eps:
+        return
+    moving = plan.dt > 0
+    if not bool(moving.any()):
+        return
+    t_max = float((plan.t_from.abs() + plan.dt.to(plan.t_from.dtype)).max())
+    gap = float(plan.dt[moving].min())
+    spacing = math.ulp(t_max) * torch.finfo(dtype).eps / sys.float_info.epsilon if t_max > 0 else 0.0
+    if spacing <= TIME_RESOLUTION * gap:
+        return
+    message = (f"the dynamics reads absolute time, which it receives in the model's dtype {dtype}: at |t| = "
+               f"{t_max:.6g} that dtype resolves only steps of {spacing:.3g}, coarser than {TIME_RESOLUTION:g} x the "
+               f"smallest gap ({gap:.3g}), so the field would see wrong times. Subtract an origin from the times "
+               f"(e.g. t - t[:, :1], and the same origin from t_start and t_future) or use a float64 model "
+               f"(model.double())")
+    if seq.dynamics.time_dependent:
+        raise ValueError(message)
+    warnings.warn(message + " (if your forward ignores t, this does not affect you)", RuntimeWarning, stacklevel=4)
+
+
+def run_per_gap(seq: Sequence_, z0: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
+                step: Optional[float], solve_gap: Callable):
+    """The reference path: the fused loop's recurrence with ``solve_gap`` (one torchdiffeq solve per gap) injected.
+    Returns what :func:`run_sequence` returns."""
+    check_time_resolution(seq)
+    return _forward_loop(seq, z0, cell_x, probe, step, True, solve_gap=solve_gap)
+
+
 def run_sequence(seq: Sequence_, z0: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
                  step: Optional[float]):
-    """Run the sequence. Returns ``(Zpre, Zpost, last accepted step)``; Zpre/Zpost are (B, T, S)."""
+    """Run the sequence. Returns ``(Zpre, Zpost, last accepted step)``; Zpre/Zpost are (B, T, S).
+
+    Raises:
+        ValueError: a time-dependent field given times its dtype cannot resolve (:func:`check_time_resolution`).
+        SolverError: a solve cannot finish.
+    """
+    check_time_resolution(seq)
     if not torch.is_grad_enabled():
         return _forward_loop(seq, z0, cell_x, probe, step, True)
     if not seq.cfg.adjoint:

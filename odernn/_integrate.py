@@ -154,6 +154,14 @@ def _check_times(t, z0: Tensor) -> Tensor:
     return t
 
 
+def _check_start(field: _Field, z0: Tensor, s0: Tensor) -> None:
+    """The boundary checks of a solve's start (after :func:`_check_state`): a finite ``z0``, and one evaluation of the
+    dynamics whose output is explained in plain words if it is wrong."""
+    if not bool(torch.isfinite(z0).all()):
+        raise ValueError("z0 contains NaN or inf")
+    _check_dynamics_output(field, z0, s0)
+
+
 def _check_dynamics_output(field: _Field, z0: Tensor, s0: Tensor) -> None:
     """Evaluate once before solving and explain a wrong output in plain words."""
     t = field.absolute_time(s0) if field.needs_time else s0
@@ -225,13 +233,11 @@ def _odesolve(dynamics: Dynamics, z0: Tensor, t, cfg: Solver, time_dtype: Option
         raise TypeError(f"dynamics must be an odernn.Dynamics module, got {type(dynamics).__name__}")
     _check_state(z0)
     t = _check_times(t, z0)
-    if not bool(torch.isfinite(z0).all()):
-        raise ValueError("z0 contains NaN or inf")
     cfg.check_fixed_step(in_gaps=False)
     origin = t[0]
     s = t - origin  # relative solve times, in the precision of t
     field = _Field(dynamics, cfg.adjoint, 20 * cfg.max_steps, t0=origin, time_dtype=time_dtype)
-    _check_dynamics_output(field, z0, s[0])
+    _check_start(field, z0, s[0])
     out = _run(field, z0, s, cfg)  # (T, B, ...)
     return out.movedim(0, 1)
 
@@ -305,7 +311,9 @@ class ODEBlock(nn.Module):
         _check_state(z0)
         key = (tuple(z0.shape[1:]), z0.dtype, z0.device)
         if key not in self._checked:  # evaluate once per input kind and explain a shape mismatch in plain words
-            self._odesolve_check(z0)
+            start = torch.tensor(self.t0, dtype=torch.float64, device=z0.device)
+            field = _Field(self.dynamics, self.solver.adjoint, 0, t0=start, time_dtype=z0.dtype)
+            _check_start(field, z0, torch.zeros((), dtype=torch.float64, device=z0.device))
             self._checked.add(key)
         B = z0.shape[0]
         dyn = self.dynamics
@@ -316,20 +324,6 @@ class ODEBlock(nn.Module):
         seq = Sequence_(dyn, None, self.solver, plan, None, False, needs_time, z0.dim())
         zpre, _, _ = run_sequence(seq, z0, None, None, None)
         return zpre[:, 0]
-
-    def _odesolve_check(self, z0: Tensor) -> None:
-        if z0.shape[0] == 0:
-            raise ValueError(f"z0 is an empty batch: shape {tuple(z0.shape)}; need at least one sample")
-        if not torch.isfinite(z0).all():
-            raise ValueError("z0 contains NaN or inf")
-        with torch.no_grad():
-            t = torch.tensor(self.t0, dtype=z0.dtype, device=z0.device)
-            try:
-                out = self.dynamics(t, z0)
-            except RuntimeError as e:
-                raise ValueError(f"evaluating the dynamics on a state of shape {tuple(z0.shape)} failed: {e}") from e
-        _explain_output(out, z0)
-
 
 _S01: dict = {}
 

@@ -9,10 +9,9 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ._clip import clip_adjoint
 from ._dynamics import (BUILTIN_FORWARDS, Dynamics, check_name, make_dynamics, net_input_size,
                         net_output_size)
-from ._fused import Plan, Sequence_, fused_supported, make_plan, run_sequence
+from ._fused import Plan, Sequence_, fused_supported, make_plan, run_per_gap, run_sequence
 from ._integrate import solve_gaps
 from ._solver import Solver, resolve_solver
 
@@ -342,25 +341,13 @@ class ODERNN(nn.Module):
 
     def _run_per_gap(self, seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Optional[Tensor],
                      step: Optional[float]):
-        """The reference path: one torchdiffeq solve per gap."""
-        plan, clip = seq.plan, seq.clip
-        pre, post = [], []
-        for i in range(plan.dt.shape[1]):
-            if plan.moves[i]:
-                z, last = solve_gaps(self.dynamics, z, plan.t_from[:, i].to(z.dtype), plan.dt[:, i], self.solver,
-                                     step if self.warm_start else None)
-                step = step if last is None else last
-            if probe is not None:
-                z = z + probe[:, i]
-            pre.append(z)
-            if plan.update:
-                if clip is not None:
-                    z = clip_adjoint(z, clip)
-                zn = self.cell(cell_x[:, i], z)
-                z = zn if plan.active is None else torch.where(plan.active[:, i].unsqueeze(-1), zn, z)
-            post.append(z)
-        zpre = torch.stack(pre, dim=1)
-        return zpre, (torch.stack(post, dim=1) if plan.update else zpre), step
+        """The reference path: the fused loop's recurrence with one torchdiffeq solve per gap."""
+        def solve_gap(seq: Sequence_, z: Tensor, i: int, step: Optional[float], firsts) -> tuple:
+            z, last = solve_gaps(self.dynamics, z, seq.plan.t_from[:, i].to(z.dtype), seq.plan.dt[:, i],
+                                 self.solver, step if self.warm_start else None)
+            return z, (step if last is None else last)
+
+        return run_per_gap(seq, z, cell_x, probe, step, solve_gap)
 
     def _encoding(self, zpre: Tensor, zpost: Tensor, t_last: Tensor, step: Optional[float]) -> Encoding:
         return Encoding(zpost, zpre, t_last, step, self._read, self._hidden)

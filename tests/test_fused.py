@@ -11,6 +11,8 @@ from torch import nn
 import odernn
 
 B, T, K, H, O = 3, 5, 2, 3, 2
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="needs a C++ compiler")
 NAMES = ["node", "anode", "sonode", "hbnode", "ghbnode"]
 
 
@@ -177,33 +179,90 @@ def test_blow_up_raises_solver_error(method, extra, adjoint):
         m(x, 10 * t).sum().backward()
 
 
-def test_nan_field_raises_promptly():
-    class NaNNet(nn.Module):
-        def forward(self, h):
-            return h * float("nan")
+@needs_compiler
+def test_compiled_direct_backpropagation_matches_eager():
+    """Solver(compile=True, adjoint=False): compiled single steps recorded by autograd give the eager loop's NFE,
+    values and gradients. (The error ratio is computed off the graph: a sample whose error estimate is exactly zero
+    made the compiled step's backward NaN before.)"""
+    x, t, mask = _data(7)
+    res = []
+    for compile_ in (False, True):
+        m = _model("hbnode", rtol=1e-7, atol=1e-8, adjoint=False)
+        m.solver = m.solver.replace(compile=compile_)
+        res.append(_run(m, x, t, mask))
+    (eo, eg, en), (co, cg, cn) = res
+    assert cn == en
+    torch.testing.assert_close(co, eo, rtol=1e-11, atol=1e-12)
+    for a, b in zip(cg, eg):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
-    m = odernn.ODERNN(odernn.NODE(NaNNet()), K, 2, O).double()
+
+class _NaNNet(nn.Module):
+    def forward(self, h):
+        return h * float("nan")
+
+
+def test_nan_field_raises_promptly():
+    m = odernn.ODERNN(odernn.NODE(_NaNNet()), K, 2, O).double()
     x, t, _ = _data()
     with odernn.nfe_counter(m) as nfe, pytest.raises(odernn.SolverError, match="non-finite"):
         m(x, t)
     assert nfe.forward < 100  # a few rejected steps, not a runaway
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
-def test_compiled_loop_matches_eager():
-    """Solver(compile=True) compiles the field and the adjoint field; results agree with the eager loop."""
-    x, t, mask = _data(7)
-    res = []
+class _BlowUp(nn.Module):
+    def forward(self, h):
+        return 100 * h * h + 10  # h' = 100 h^2 + 10 blows up within 0.05 time units
+
+
+@needs_compiler
+@pytest.mark.parametrize("net", [_NaNNet, _BlowUp])
+def test_compiled_blocks_hand_a_failing_gap_to_the_general_loop(net):
+    """A NaN field, or a state blowing up inside a compiled block (a non-finite error estimate): the gap is solved
+    again by the general loop, which raises exactly as without compiling (the same message, the same evaluations)."""
+    counts, messages = [], []
     for compile_ in (False, True):
-        m = _model("hbnode", rtol=1e-7, atol=1e-8)
+        torch.manual_seed(0)
+        m = odernn.ODERNN(odernn.NODE(net()), K, 2, O, solver=odernn.Solver(compile=compile_)).double()
+        x, t, _ = _data()
+        with odernn.nfe_counter(m) as nfe, pytest.raises(odernn.SolverError) as err, torch.no_grad():
+            m(x, t)
+        counts.append(nfe.forward)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert counts[0] == counts[1]
+
+
+@needs_compiler
+@pytest.mark.parametrize("warm_start,steps", [(True, 1), (False, 1), (True, 3)])
+def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, steps, monkeypatch):
+    """Solver(compile=True) runs whole gaps as compiled blocks (controller, dense output and adjoint parameter sums in
+    the graph): the same accepted steps and NFE, forward and backward, as the eager fused loop, and the same values
+    to round-off (float64), with masks, a start time, clipping, a forecast and inference without a graph. ``steps``
+    trial steps per block: 1 on the CPU; 3 exercises the masked speculative steps that a GPU's blocks hold, and
+    cold starts (no warm start) exercise the initial-step rule and continued blocks."""
+    from odernn import _compile
+
+    monkeypatch.setitem(_compile.GAP_BLOCK_STEPS, "cpu", steps)
+    x, t, mask = _data(7)
+    t_start = t[:, 0] - 0.3
+    tf = t[:, -1:] + torch.tensor([[0.4, 1.1]], dtype=t.dtype)
+    res, inference = [], []
+    for compile_ in (False, True):
+        m = _model("hbnode", rtol=1e-7, atol=1e-8, adjoint_clip=0.3, warm_start=warm_start)
         m.solver = m.solver.replace(compile=compile_)
-        res.append(_run(m, x, t, mask))
+        res.append(_run(m, x, t, mask, t_start, tf))
+        with torch.no_grad(), odernn.nfe_counter(m) as nfe:
+            inference.append((m(x, t, mask, t_start), nfe.forward))
     (eo, eg, en), (co, cg, cn) = res
-    torch.testing.assert_close(co, eo, rtol=1e-9, atol=1e-10)
+    assert cn == en  # forward and backward NFE: the same accepted and rejected steps
+    torch.testing.assert_close(co, eo, rtol=1e-11, atol=1e-12)
     for a, b in zip(cg, eg):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
-    kinds = {(e["kind"], e["grad"]) for e in odernn.compile_log()}
-    assert ("field", False) in kinds and ("adjoint field", False) in kinds
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert inference[0][1] == inference[1][1]
+    torch.testing.assert_close(inference[1][0], inference[0][0], rtol=1e-11, atol=1e-12)
+    kinds = {e["kind"] for e in odernn.compile_log()}
+    assert {"dopri5 gap block", "adjoint dopri5 gap block", "cell vector-Jacobian product"} <= kinds
 
 
 @pytest.mark.parametrize("adjoint", [True, False])
@@ -230,6 +289,29 @@ def test_odeblock_runs_the_fused_solve_with_the_same_steps(name, adjoint):
     torch.testing.assert_close(fo, ro, rtol=1e-13, atol=1e-13)
     for a, b in zip(fg, rg):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+@needs_compiler
+def test_odeblock_compiled_gap_blocks_on_image_states():
+    """ODEBlock(compile=True) on (B, C, H, W) states runs the solve as compiled gap blocks: the same NFE as eager,
+    values and gradients to round-off (float64)."""
+    res = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Tanh(), nn.Conv2d(6, 3, 3, padding=1))
+        solver = odernn.Solver(rtol=1e-6, atol=1e-7, compile=compile_)
+        block = odernn.ODEBlock(odernn.HBNODE(net), solver=solver).double()
+        z0 = torch.randn(2, 6, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        with odernn.nfe_counter(block) as nfe:
+            out = block(z0)
+            out.pow(2).sum().backward()
+        res.append((out.detach(), [p.grad for p in block.parameters()], (nfe.forward, nfe.backward)))
+    (eo, eg, en), (co, cg, cn) = res
+    assert cn == en
+    torch.testing.assert_close(co, eo, rtol=1e-11, atol=1e-12)
+    for a, b in zip(cg, eg):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert {"dopri5 gap block", "adjoint dopri5 gap block"} <= {e["kind"] for e in odernn.compile_log()}
 
 
 def test_odeblock_fused_on_another_interval_agrees_to_tolerance():
