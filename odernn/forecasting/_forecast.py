@@ -16,16 +16,13 @@ import pandas as pd
 import torch
 
 from . import _training as training
-from ._base import check_alpha, check_coverage
 from ._covariates import KNOWN_LEAD, read_covariates
-from ._intervals import Calibration
+from ._intervals import Calibration, IntervalMixin, calibration_origins
 
-__all__ = ["ForecastMixin", "CALIBRATION_ORIGINS"]
-
-CALIBRATION_ORIGINS = 24  # forecast origins per series in the held-out calibration part
+__all__ = ["ForecastMixin"]
 
 
-class ForecastMixin:
+class ForecastMixin(IntervalMixin):
     """Forecasting methods of :class:`odernn.forecasting.ODERNNForecaster`."""
 
     # -- calibrate --------------------------------------------------------------------------------------------------
@@ -34,11 +31,7 @@ class ForecastMixin:
         dist, res = [], []
         L = self.context_length_
         for s, h in enumerate(self._history_):
-            n, c = len(h["t"]), int(self._n_cal_[s])
-            if c == 0:
-                continue
-            first = max(n - c, 2)
-            origins = np.unique(np.linspace(first, n - 1, min(CALIBRATION_ORIGINS, n - first)).round().astype(int))
+            origins = calibration_origins(len(h["t"]), float(self.calibration_fraction))
             jobs = []
             for e in origins:
                 ahead = np.flatnonzero(~np.isnan(h["y"][e:]).all(axis=1)) + e
@@ -268,76 +261,3 @@ class ForecastMixin:
             which, indexes, _, preds = self._point(fh, X, relative, ids)
         frames = [pd.DataFrame(p, index=idx, columns=self.columns_) for p, idx in zip(preds, indexes)]
         return self._output(frames, which, point=True)
-
-    def _require_calibration(self) -> Calibration:
-        if self.calibration_ is None:
-            why = ("calibration_fraction=0" if not self.calibration_fraction else
-                   "too few held-out forecast errors (series with at least 20 rows and a calibration part giving "
-                   "30 errors are needed)")
-            raise ValueError(f"this forecaster has no calibrated intervals: {why}. Refit with calibration_fraction > "
-                             f"0 (e.g. 0.15) on longer series")
-        return self.calibration_
-
-    def _quantile_frames(self, fh: Any, X: Any, relative: Optional[bool], ids: Any,
-                         levels: list) -> tuple[list, list, list]:
-        cal = self._require_calibration()
-        with training.threads(self.num_threads):
-            which, indexes, future, preds = self._point(fh, X, relative, ids)
-        out = []
-        for s, f, p in zip(which, future, preds):
-            dist = (f - self._end_model_time_[s]) / self._typical_gap_
-            out.append([p + self.scale_[s] * cal.offsets(dist, q) for q in levels])
-        return which, indexes, out
-
-    def predict_quantiles(self, fh: Any, X: Any = None, *, alpha: Any = (0.05, 0.5, 0.95),
-                          relative: Optional[bool] = None, ids: Any = None):
-        """Quantile forecasts: the point forecast plus the split-conformal quantile of held-out errors at the same
-        forecast distance.
-
-        Args:
-            fh, X, relative, ids: as in :meth:`predict`.
-            alpha: quantile levels in (0, 1), strictly increasing.
-
-        Returns:
-            A DataFrame (per series, in the layout of ``fit``; a long fit gives rows indexed by (``unique_id``,
-            ``ds``)) with columns ``MultiIndex`` (variable, alpha), sktime's convention.
-
-        Raises:
-            ValueError: levels outside (0, 1) or not increasing; no calibration (``calibration_fraction=0``).
-        """
-        levels = check_alpha(alpha)
-        which, indexes, qs = self._quantile_frames(fh, X, relative, ids, levels)
-        cols = pd.MultiIndex.from_tuples([(c, a) for c in self.columns_ for a in levels])
-        frames = []
-        for idx, per in zip(indexes, qs):
-            data = np.stack(per, axis=2)  # (F, k, n_levels)
-            frames.append(pd.DataFrame(data.reshape(len(idx), -1), index=idx, columns=cols))
-        return self._output(frames, which, point=False)
-
-    def predict_interval(self, fh: Any, X: Any = None, *, coverage: Any = 0.9, relative: Optional[bool] = None,
-                         ids: Any = None):
-        """Central prediction intervals: quantiles ``(1 - c) / 2`` and ``(1 + c) / 2`` for each coverage ``c``.
-
-        Args:
-            fh, X, relative, ids: as in :meth:`predict`.
-            coverage: a float in (0, 1) or a list of them.
-
-        Returns:
-            A DataFrame with columns ``MultiIndex`` (variable, coverage, ``"lower"``/``"upper"``) (sktime's
-            convention), in the layout of ``fit`` (see :meth:`predict_quantiles`).
-        """
-        covs = check_coverage(coverage)
-        levels = sorted({lv for c in covs for lv in ((1 - c) / 2, (1 + c) / 2)})
-        which, indexes, qs = self._quantile_frames(fh, X, relative, ids, levels)
-        pos = {lv: i for i, lv in enumerate(levels)}
-        cols = pd.MultiIndex.from_tuples([(v, c, side) for v in self.columns_ for c in covs
-                                          for side in ("lower", "upper")])
-        frames = []
-        for idx, per in zip(indexes, qs):
-            data = []
-            for j in range(self.n_features_in_):
-                for c in covs:
-                    data.append(per[pos[(1 - c) / 2]][:, j])
-                    data.append(per[pos[(1 + c) / 2]][:, j])
-            frames.append(pd.DataFrame(np.stack(data, axis=1), index=idx, columns=cols))
-        return self._output(frames, which, point=False)

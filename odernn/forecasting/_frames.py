@@ -171,6 +171,35 @@ def frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
     return t, v, df.index[keep]
 
 
+def fixed_duration(d: Any, what: str) -> pd.Timedelta:
+    """A duration from a ``pd.Timedelta``, a duration string (``"365D"``, ``"24h"``) or a pandas frequency alias
+    of fixed length (``"D"``, ``"h"``, ``"W"``, ``"2W"``, ``"30min"``; a week is seven days whatever its anchor).
+
+    Raises:
+        ValueError: not a duration, or an alias of varying length (months, years, business days).
+    """
+    try:
+        return pd.Timedelta(d)
+    except (TypeError, ValueError):
+        pass
+    if isinstance(d, str):
+        try:
+            off = pd.tseries.frequencies.to_offset(d)
+        except (TypeError, ValueError):
+            off = None
+        if isinstance(off, pd.offsets.Week):
+            return pd.Timedelta(days=7 * off.n)
+        if off is not None:
+            try:
+                return pd.Timedelta(off.nanos, unit="ns")
+            except (TypeError, ValueError, AttributeError):
+                raise ValueError(f"{what}: {d!r} is a pandas frequency of varying length (months, years and business "
+                                 f"days differ in length); give a fixed duration such as '365.2425D' for a year or "
+                                 f"'30.436875D' for a mean month") from None
+    raise ValueError(f"{what} must be a duration such as pd.Timedelta(days=365), '365D', '24h' or a fixed pandas "
+                     f"alias ('D', 'W', 'h'), got {d!r}")
+
+
 def _as_timedelta(unit: Any) -> pd.Timedelta:
     """A positive duration in the library's one time-unit vocabulary (:func:`odernn.data.parse_time_unit`)."""
     if isinstance(unit, (int, float)) and not isinstance(unit, bool):
@@ -255,12 +284,7 @@ class TimeAxis:
             if isinstance(d, numbers.Real) and not isinstance(d, bool):
                 raise TypeError(f"{what} must be a duration such as pd.Timedelta(days=365) or '365D' for a "
                                 f"DatetimeIndex, got the number {d!r}")
-            try:
-                td = pd.Timedelta(d)
-            except (TypeError, ValueError):
-                raise ValueError(f"{what} must be a duration such as pd.Timedelta(days=365) or '365D', got "
-                                 f"{d!r}") from None
-            return td.value / float(self.unit.value)
+            return fixed_duration(d, what).value / float(self.unit.value)
         if isinstance(d, bool) or not isinstance(d, numbers.Real):
             raise TypeError(f"{what} must be a number (in the index's units) for a numeric index, got {d!r}")
         return float(d) / self.unit
