@@ -10,7 +10,8 @@ import pandas as pd
 
 from ._base import BaseForecaster
 from ._history import SeasonsMixin
-from ._intervals import Calibration, IntervalMixin, calibration_origins
+from ._intervals import ROLLING_ORIGINS, ROLLING_SHARE, Calibration, IntervalMixin, calibration_origins, \
+    rolling_origins
 from ._params import Check, Interval, Options, validate_params
 from ._preprocess import Deterministic
 
@@ -122,8 +123,12 @@ class SeasonalRegression(SeasonsMixin, IntervalMixin, BaseForecaster):
         """Signed errors of the regression refitted at origins inside the last ``calibration_fraction`` of every
         series, scaled, by forecast distance (as :class:`ODERNNForecaster` does with its full forecasts)."""
         dist, res = [], []
+        need = 2 * max(self._periods_) if self._periods_ else 0.0
         for s, (t, v) in enumerate(self._history_):
-            for e in calibration_origins(len(t), float(self.calibration_fraction)):
+            if not calibration_origins(len(t), float(self.calibration_fraction)).size:
+                continue
+            first = int(np.searchsorted(t - t[0], need - 1e-9)) + 1
+            for e in rolling_origins(len(t), first, ROLLING_SHARE, ROLLING_ORIGINS):
                 d = self._fit_one(t[:e], v[:e])
                 ahead = ~np.isnan(v[e:]).all(axis=1)
                 if not ahead.any():

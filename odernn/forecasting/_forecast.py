@@ -17,9 +17,12 @@ import torch
 
 from . import _training as training
 from ._covariates import KNOWN_LEAD, read_covariates
-from ._intervals import Calibration, IntervalMixin, calibration_origins
+from ._intervals import ROLLING_ORIGINS, ROLLING_SHARE, Calibration, IntervalMixin, calibration_origins, \
+    rolling_origins
 
-__all__ = ["ForecastMixin"]
+__all__ = ["ForecastMixin", "MAX_CAL_AHEAD"]
+
+MAX_CAL_AHEAD = 2000  # rows forecast from each calibration origin
 
 
 class ForecastMixin(IntervalMixin):
@@ -27,14 +30,26 @@ class ForecastMixin(IntervalMixin):
 
     # -- calibrate --------------------------------------------------------------------------------------------------
     def _calibrate(self, data: dict) -> None:
-        """Forecast the held-out end of every series from origins inside it; keep the scaled errors by distance."""
+        """Forecast every series from origins in its held-out end and (with rolling detrending) spread over the last
+        half of it, exactly as forecasts are made (the deterministic part refitted on the rows before each origin,
+        the network reading the context before it); keep the scaled signed errors by distance.
+
+        Origins before the held-out part let the calibration see many distinct stretches of data at long
+        distances (the trend's and level's extrapolation error), where the held-out end alone reuses its few
+        observations from every origin; the network has trained on those stretches, which matters mostly at short
+        distances, where the held-out origins dominate the bins."""
         dist, res = [], []
         L = self.context_length_
+        first = self._first_complete_rows()
         for s, h in enumerate(self._history_):
-            origins = calibration_origins(len(h["t"]), float(self.calibration_fraction))
+            n = len(h["t"])
+            origins = calibration_origins(n, float(self.calibration_fraction))
+            if origins.size and self._rolling_:
+                origins = np.union1d(origins, rolling_origins(n, max(int(first[s]), L), ROLLING_SHARE,
+                                                              ROLLING_ORIGINS))
             jobs = []
             for e in origins:
-                ahead = np.flatnonzero(~np.isnan(h["y"][e:]).all(axis=1)) + e
+                ahead = np.flatnonzero(~np.isnan(h["y"][e:e + MAX_CAL_AHEAD]).all(axis=1)) + e
                 if len(ahead) == 0:
                     continue
                 d = self._fit_regression(h["t"][:e], h["y"][:e]) if self._rolling_ else self.regression_[s]

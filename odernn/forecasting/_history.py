@@ -36,7 +36,7 @@ class SeasonsMixin:
         else:
             rows = [dict(r, period=axis.unit * r["period"] if axis.kind == "datetime" else r["period"] * axis.unit)
                     for r in setup.report]
-            self.season_candidates_ = pd.DataFrame(rows, columns=["period", "label", "power", "fap", "kept", "why"])
+            self.season_candidates_ = rows
 
 
 class HistoryMixin(SeasonsMixin):

@@ -159,6 +159,16 @@ class Calibration:
 
 CALIBRATION_ORIGINS = 24  # forecast origins per series in the held-out calibration part
 MIN_CAL_ROWS = 20  # series with fewer rows are not used for calibration
+ROLLING_SHARE = 0.5  # the deterministic part's calibration origins spread over the last half of every series
+ROLLING_ORIGINS = 48
+
+
+def rolling_origins(n: int, first: int, share: float, count: int) -> np.ndarray:
+    """Up to ``count`` origins spread evenly over the last ``share`` of ``n`` rows, none before row ``first``."""
+    lo = max(int(first), int(round(n * (1 - share))), 2)
+    if lo >= n:
+        return np.zeros(0, dtype=int)
+    return np.unique(np.linspace(lo, n - 1, min(count, n - lo)).round().astype(int))
 
 
 def calibration_origins(n: int, fraction: float) -> np.ndarray:

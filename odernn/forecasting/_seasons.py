@@ -218,20 +218,36 @@ def _holdout_error(data: _Data, periods: list, orders: list, halflife_of) -> flo
     return float(np.mean(errs)) if errs else math.nan
 
 
+def _bic(data: _Data, periods: list, orders: list) -> float:
+    """Bayesian information criterion of the unweighted regression on all the data, summed over series."""
+    total = 0.0
+    for tt, vv in data.items:
+        r = vv - _fit_predict(tt, vv, periods, orders)
+        n = len(tt)
+        k = 2 + 2 * sum(orders)
+        total += n * math.log(max(float(r @ r) / n, 1e-300)) + k * math.log(n)
+    return total
+
+
 def choose_orders(data: _Data, periods: list, gap: float, max_order: int, halflife_of) -> list:
-    """Harmonics per period by held-out error: start at one harmonic each, raise one period's order at a time
-    (coordinate descent over ``ORDERS``, one pass, longest period first) while the error drops by ``MIN_GAIN``."""
+    """Harmonics per period: start at one harmonic each and raise one period's order at a time (coordinate
+    descent over ``ORDERS``, one pass, longest period first) when the held-out error drops by ``MIN_GAIN`` *and*
+    the Bayesian information criterion on all the data drops too (held-out error alone, from one split, lets noise
+    pick high orders)."""
     orders = [1] * len(periods)
     best = _holdout_error(data, periods, orders, halflife_of)
     if not math.isfinite(best):
         return [min(3, _max_order(p, gap, max_order)) for p in periods]
+    best_bic = _bic(data, periods, orders)
     for i, p in enumerate(periods):
         cap = _max_order(p, gap, max_order)
         for m in [o for o in ORDERS if 1 < o <= cap]:
             trial = orders[:i] + [m] + orders[i + 1:]
             e = _holdout_error(data, periods, trial, halflife_of)
             if e < best * (1 - MIN_GAIN):
-                best, orders = e, trial
+                b = _bic(data, periods, trial)
+                if b < best_bic:
+                    best, best_bic, orders = e, b, trial
     return orders
 
 

@@ -58,6 +58,7 @@ class ODERNNSktimeForecaster(_SktimeBase):
         "X_inner_mtype": "pd.DataFrame",
         "capability:missing_values": True,
         "capability:pred_int": True,
+        "capability:update": True,  # _update appends observations (sktime >= 1.3 calls it according to this tag)
         "capability:insample": False,
         "requires-fh-in-fit": False,
         "X-y-must-have-same-index": False,
