@@ -50,7 +50,8 @@ class SeasonalRegression(SeasonsMixin, IntervalMixin, BaseForecaster):
             ``"W"``, ``pd.Timedelta``) for a DatetimeIndex, a number of index units for a numeric index, or a
             list of them. A period is used for a series only if the series spans it at least twice.
         fourier_order: ``"auto"`` (held-out error), an int, or one int per period.
-        trend_degree: degree of the polynomial trend (1: a line).
+        trend_degree: degree of the polynomial trend: ``"auto"`` (a level or a line, by held-out error, as in
+            :class:`ODERNNForecaster`), or 0 (a level), 1 (a line), 2, 3.
         time_unit: model time unit (default: the median gap); it does not change the fit.
         trend_halflife: ``"auto"`` (three times the longest period; equal weights without seasons), None (ordinary
             least squares), a duration or a number of index units.
@@ -66,7 +67,7 @@ class SeasonalRegression(SeasonsMixin, IntervalMixin, BaseForecaster):
     _parameter_constraints = {
         "seasonal_period": [Options(("auto",)), Check(_period_spec, "a duration, a number or a list of them"), None],
         "fourier_order": [Options(("auto",)), Check(_order_spec, "an int in [1, 50] or a list of them")],
-        "trend_degree": [Interval(int, 0, 3)],
+        "trend_degree": [Options(("auto",)), Interval(int, 0, 3)],
         "trend_halflife": [Options(("auto",)), Check(_duration_spec, "a duration or a positive number"), None],
         "time_unit": [Check(_duration_spec, "a duration or a positive number"), None],
         "calibration_fraction": [Interval(float, 0, 0.5, closed="left")],
@@ -74,7 +75,7 @@ class SeasonalRegression(SeasonsMixin, IntervalMixin, BaseForecaster):
 
     num_threads = None  # IntervalMixin: no torch work
 
-    def __init__(self, seasonal_period: Any = "auto", *, fourier_order: Any = "auto", trend_degree: int = 1,
+    def __init__(self, seasonal_period: Any = "auto", *, fourier_order: Any = "auto", trend_degree: Any = "auto",
                  time_unit: Any = None, trend_halflife: Any = "auto", calibration_fraction: float = 0.15) -> None:
         self.seasonal_period = seasonal_period
         self.fourier_order = fourier_order
@@ -107,7 +108,10 @@ class SeasonalRegression(SeasonsMixin, IntervalMixin, BaseForecaster):
         return self
 
     def _fit_one(self, t: np.ndarray, v: np.ndarray) -> Deterministic:
-        return Deterministic(int(self.trend_degree), self._periods_, self._orders_, self._halflife_).fit(t, v)
+        return Deterministic(self.trend_degree_, self._periods_, self._orders_, self._halflife_).fit(t, v)
+
+    def _degree_spec(self) -> Any:
+        return self.trend_degree
 
     def _refit_all(self) -> None:
         self.regression_ = [self._fit_one(t, v) for t, v in self._history_]

@@ -76,7 +76,9 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
         window_stride, windows_per_epoch, batch_size, max_epochs, lr, lr_schedule, weight_decay, grad_clip:
             training windows and optimisation (``windows_per_epoch`` windows drawn at random per epoch).
         time_unit: model time unit (default: the median gap); a duration for a DatetimeIndex, a number otherwise.
-        detrend: fit and remove a least-squares trend (a line).
+        detrend: the trend of the deterministic part: ``"auto"`` (a line or a level, whichever forecasts the
+            held-out end better: a slope fitted to a few recent days and extrapolated is the largest error on
+            sub-daily series whose level wanders), True (a line) or False (a level).
         seasonal_period: ``"auto"`` (detected from the stamps as they are: a Lomb-Scargle periodogram, candidates
             kept only if significant and better on held-out data, see :mod:`odernn.forecasting._seasons`; a
             warning says what was tried when none is kept), None, a duration (``"7D"``, ``"24h"``, ``"W"``,
@@ -137,7 +139,7 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
         "grad_clip": [Interval(float, 0, None, closed="neither"), None],
         "time_unit": [Check(lambda v: isinstance(v, (str, int, float, pd.Timedelta)) and not isinstance(v, bool),
                             "a duration ('D', '7D', pd.Timedelta) or a positive number"), None],
-        "detrend": [Options((True, False))],
+        "detrend": [Options(("auto", True, False))],
         "seasonal_period": [Options(("auto",)), Check(_period_spec, "a duration, a number or a list of them"), None],
         "fourier_order": [Options(("auto",)), Check(_order_spec, "an int in [1, 50] or a list of them")],
         "trend_halflife": [Options(("auto",)), Check(
@@ -167,7 +169,7 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
                  dynamics_kwargs: Optional[dict] = None, context_length: int = 24, horizon: Optional[int] = None,
                  window_stride: int = 1, windows_per_epoch: Optional[int] = 128, batch_size: int = 16,
                  max_epochs: int = 30, lr: float = 1e-2, lr_schedule: str = "cosine", weight_decay: float = 0.0,
-                 grad_clip: Optional[float] = 1.0, time_unit: Any = None, detrend: bool = True,
+                 grad_clip: Optional[float] = 1.0, time_unit: Any = None, detrend: Any = "auto",
                  seasonal_period: Any = "auto", fourier_order: Any = "auto", trend_halflife: Any = "auto",
                  past_covariates: Optional[Sequence] = None, calibration_fraction: float = 0.15,
                  early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,

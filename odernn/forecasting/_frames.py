@@ -196,7 +196,8 @@ def check_frame(df: pd.DataFrame, kind: str, where: str) -> None:
                              f"nanoseconds to a DatetimeIndex (pd.to_datetime(y.index))")
     if kind == "datetime" and len(idx):
         lo, hi = idx.min(), idx.max()
-        if lo < NS_MIN.tz_localize(lo.tz) or hi > NS_MAX.tz_localize(hi.tz):
+        naive = [x.tz_convert(None) if x.tz is not None else x for x in (lo, hi)]
+        if naive[0] < NS_MIN or naive[1] > NS_MAX:
             raise _ns_range_error(where, lo, hi)
 
 

@@ -26,8 +26,9 @@ class SeasonsMixin:
         gaps = np.concatenate([np.diff(t) for t in times])
         gap = float(np.median(gaps)) if gaps.size else 1.0
         setup = resolve_seasons(self.seasonal_period, self.fourier_order, self.trend_halflife, axis, times, values,
-                                gap, type(self).__name__)
+                                gap, type(self).__name__, self._degree_spec())
         self._periods_, self._orders_, self._halflife_ = setup.periods, setup.orders, setup.halflife
+        self.trend_degree_ = setup.degree
         self.seasonal_periods_ = [axis.unit * p if axis.kind == "datetime" else p * axis.unit
                                   for p in setup.periods]
         self.fourier_orders_ = list(setup.orders)
@@ -41,6 +42,9 @@ class SeasonsMixin:
 
 class HistoryMixin(SeasonsMixin):
     """Preprocessing and history of :class:`odernn.forecasting.ODERNNForecaster`."""
+
+    def _degree_spec(self) -> Any:
+        return {True: 1, False: 0}.get(self.detrend, "auto") if isinstance(self.detrend, bool) else "auto"
 
     # -- preprocess -----------------------------------------------------------------------------------------------
     def _preprocess(self, y: Any, X: Any) -> dict:
@@ -91,8 +95,7 @@ class HistoryMixin(SeasonsMixin):
         return dict(panel=panel)
 
     def _fit_regression(self, t: np.ndarray, y: np.ndarray) -> Deterministic:
-        degree = 1 if self.detrend else 0
-        return Deterministic(degree, self._periods_, self._orders_, self._halflife_).fit(t, y)
+        return Deterministic(self.trend_degree_, self._periods_, self._orders_, self._halflife_).fit(t, y)
 
     def _first_complete_rows(self) -> np.ndarray:
         """Per series, the first origin (row count) whose history spans every seasonal period twice."""

@@ -204,6 +204,8 @@ def load_forecaster(cls: type, path: Any, *, trusted: bool = False) -> Any:
         if doc["fitted"]:
             if "_orders_" not in doc["fitted"] and "_periods_" in doc["fitted"]:  # format 1: one order for all
                 est._orders_ = [int(est.fourier_order)] * len(est._periods_)
+            if "trend_degree_" not in doc["fitted"] and "_periods_" in doc["fitted"]:  # format 1: from detrend
+                est.trend_degree_ = 0 if est.detrend is False else 1
             validate_fitted(est, bool(payload["weights"]))
         if "index_kind_" in doc["fitted"]:
             est._axis_ = TimeAxis(est.index_kind_, est.time_unit_, est.time_origin_)
@@ -253,7 +255,7 @@ def validate_fitted(est: Any, has_weights: bool) -> None:
     d = vars(est)
     need = ["index_kind_", "layout_", "columns_", "n_features_in_", "series_ids_", "series_end_", "time_unit_",
             "time_origin_", "_history_", "regression_", "scale_", "_end_model_time_", "_typical_gap_", "_periods_",
-            "_orders_"]
+            "_orders_", "trend_degree_"]
     if has_weights:
         need += ["context_length_", "horizon_", "_model_config_", "solver_", "covariate_columns_", "_known_",
                  "calibration_", "_rolling_"]
@@ -263,6 +265,8 @@ def validate_fitted(est: Any, has_weights: bool) -> None:
     _need(est.layout_ in ("series", "frame", "list", "long"), "layout_", est.layout_,
           "'series', 'frame', 'list' or 'long'")
     _need(isinstance(est.columns_, list) and len(est.columns_) > 0, "columns_", est.columns_, "a non-empty list")
+    _need(_is_int(est.trend_degree_) and est.trend_degree_ <= 3, "trend_degree_", est.trend_degree_,
+          "an int in [0, 3]")
     k = len(est.columns_)
     _need(_is_int(est.n_features_in_, 1) and est.n_features_in_ == k, "n_features_in_", est.n_features_in_,
           f"{k} (the number of columns_)")

@@ -30,16 +30,18 @@ class SeasonalSetup:
         orders: harmonics per period.
         halflife: recency half-life of the least-squares weights (None: equal weights).
         report: the detection's candidate table (``"auto"`` only, else None).
+        degree: the trend's degree (0: a level, 1: a line, ...).
     """
 
     periods: list
     orders: list
     halflife: Optional[float]
     report: Optional[list] = None
+    degree: int = 1
 
 
 def resolve_seasons(period_spec, order_spec, halflife_spec, axis, times: list, values: list, gap: float,
-                    owner: str) -> SeasonalSetup:
+                    owner: str, degree_spec="auto") -> SeasonalSetup:
     """Periods, harmonics and recency half-life of the deterministic part, from the parameters and the data.
 
     Args:
@@ -48,6 +50,7 @@ def resolve_seasons(period_spec, order_spec, halflife_spec, axis, times: list, v
         order_spec: ``"auto"`` (chosen by held-out error, at most ``MAX_AUTO_ORDER``), an int for every period,
             or a list (one per given period).
         halflife_spec: ``"auto"`` (three times the longest period; None without periods), None, or a duration.
+        degree_spec: ``"auto"`` (a level or a line, by held-out error) or the trend's degree.
         axis: the fitted :class:`~odernn.forecasting._frames.TimeAxis`.
         times, values: per series, model times (n_i,) and values (n_i, k).
         gap: typical gap (model units).
@@ -56,7 +59,7 @@ def resolve_seasons(period_spec, order_spec, halflife_spec, axis, times: list, v
     Raises:
         ValueError: a non-positive period or half-life, or a list of orders of the wrong length.
     """
-    from ._seasons import detect_seasons, fixed_period_orders
+    from ._seasons import detect_seasons, fit_fixed
 
     def halflife_of(periods: list) -> Optional[float]:
         if isinstance(halflife_spec, str) and halflife_spec == "auto":
@@ -70,21 +73,21 @@ def resolve_seasons(period_spec, order_spec, halflife_spec, axis, times: list, v
 
     halflife_of([])  # validate a given half-life before any work
     auto_order = isinstance(order_spec, str) and order_spec == "auto"
+    degree = None if isinstance(degree_spec, str) and degree_spec == "auto" else int(degree_spec)
     report = None
-    if period_spec is None:
-        periods: list = []
-        orders: list = []
-    elif isinstance(period_spec, str) and period_spec == "auto":
+    if isinstance(period_spec, str) and period_spec == "auto":
         found = detect_seasons(times, values, gap=gap,
                                unit_seconds=axis.unit_seconds if axis.kind == "datetime" else None,
                                index_unit=None if axis.kind == "datetime" else float(axis.unit),
                                max_order=MAX_AUTO_ORDER if auto_order else max(1, int(order_spec)),
-                               halflife_of=halflife_of, orders=None if auto_order else [int(order_spec)] * 8)
-        periods, orders, report = found.periods, found.orders, found.table
+                               halflife_of=halflife_of, orders=None if auto_order else [int(order_spec)] * 8,
+                               degree=degree)
+        periods, orders, report, degree = found.periods, found.orders, found.table, found.degree
         if not periods:
             warnings.warn(_nothing_found(found, axis, owner), UserWarning, stacklevel=4)
     else:
-        items = list(period_spec) if isinstance(period_spec, (list, tuple)) else [period_spec]
+        items = [] if period_spec is None else (list(period_spec) if isinstance(period_spec, (list, tuple))
+                                                 else [period_spec])
         periods = []
         for p in items:
             v = axis.duration(p, "seasonal_period")
@@ -92,8 +95,7 @@ def resolve_seasons(period_spec, order_spec, halflife_spec, axis, times: list, v
                 raise ValueError(f"seasonal_period must hold positive periods, got {p!r}")
             periods.append(v)
         if auto_order:
-            orders = fixed_period_orders(times, values, periods, gap=gap, max_order=MAX_AUTO_ORDER,
-                                         halflife_of=halflife_of)
+            orders = None
         elif isinstance(order_spec, (list, tuple)):
             if len(order_spec) != len(periods):
                 raise ValueError(f"fourier_order has {len(order_spec)} entries but seasonal_period has "
@@ -101,7 +103,11 @@ def resolve_seasons(period_spec, order_spec, halflife_spec, axis, times: list, v
             orders = [int(o) for o in order_spec]
         else:
             orders = [int(order_spec)] * len(periods)
-    return SeasonalSetup(list(periods), list(orders), halflife_of(list(periods)), report)
+        if orders is None or degree is None:
+            fitted = fit_fixed(times, values, periods, gap=gap, max_order=MAX_AUTO_ORDER, halflife_of=halflife_of,
+                               orders=orders, degree=degree)
+            orders, degree = fitted.orders, fitted.degree
+    return SeasonalSetup(list(periods), list(orders), halflife_of(list(periods)), report, int(degree))
 
 
 def _nothing_found(found, axis, owner: str) -> str:

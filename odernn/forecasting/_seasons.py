@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.fft import next_fast_len
 
-__all__ = ["Seasons", "detect_seasons", "choose_orders", "calendar_periods", "ORDERS"]
+__all__ = ["Seasons", "detect_seasons", "fit_fixed", "choose_orders", "choose_degree", "calendar_periods", "ORDERS"]
 
 MAX_POINTS = 3000  # points per series in the periodogram (a fixed random subset beyond)
 MAX_GRID = 1 << 22  # FFT length bound (peaks are refined locally by direct sums)
@@ -40,6 +40,7 @@ FAP = 1e-3  # false-alarm probability below which a peak is significant
 HOLDOUT = 0.2  # share of each series' span held out to check candidates and orders
 MIN_GAIN = 0.01  # relative held-out improvement a candidate or a higher order must bring
 ORDERS = (1, 2, 3, 4, 6, 8, 10, 12)
+ORIGINS = 6  # rolling origins of the held-out check
 DAY = 86400.0
 CALENDAR_SECONDS = {"1h": 3600.0, "1D": DAY, "7D": 7 * DAY, "365.2425D": 365.2425 * DAY}
 
@@ -53,12 +54,14 @@ class Seasons:
         orders: harmonics per kept period.
         table: one dict per candidate (``period``, ``label``, ``power``, ``fap``, ``kept``, ``why``).
         searched: the range of periods searched, in model units (shortest, longest).
+        degree: the trend's degree (0: a level, 1: a line).
     """
 
     periods: list = field(default_factory=list)
     orders: list = field(default_factory=list)
     table: list = field(default_factory=list)
     searched: tuple = (math.nan, math.nan)
+    degree: int = 1
 
 
 def calendar_periods(unit_seconds: Optional[float]) -> dict:
@@ -68,8 +71,9 @@ def calendar_periods(unit_seconds: Optional[float]) -> dict:
     return {k: v / unit_seconds for k, v in CALENDAR_SECONDS.items()}
 
 
-def _design(t: np.ndarray, periods: Sequence[float], orders: Sequence[int], t_ref: float, t_scale: float) -> np.ndarray:
-    cols = [np.ones_like(t), (t - t_ref) / t_scale]
+def _design(t: np.ndarray, periods: Sequence[float], orders: Sequence[int], t_ref: float, t_scale: float,
+            degree: int = 1) -> np.ndarray:
+    cols = [((t - t_ref) / t_scale) ** j for j in range(degree + 1)]
     for p, m in zip(periods, orders):
         for j in range(1, m + 1):
             w = 2 * math.pi * j / p
@@ -78,10 +82,10 @@ def _design(t: np.ndarray, periods: Sequence[float], orders: Sequence[int], t_re
 
 
 def _fit_predict(t: np.ndarray, v: np.ndarray, periods: Sequence[float], orders: Sequence[int],
-                 t_new: Optional[np.ndarray] = None, halflife: Optional[float] = None) -> np.ndarray:
-    """Weighted least-squares line plus Fourier terms on (t, v) (observed only), evaluated at ``t_new`` (or t)."""
+                 t_new: Optional[np.ndarray] = None, halflife: Optional[float] = None, degree: int = 1) -> np.ndarray:
+    """Weighted least-squares polynomial trend plus Fourier terms on (t, v), evaluated at ``t_new`` (or t)."""
     t_ref, t_scale = float(t[-1]), float(max(t[-1] - t[0], 1e-12))
-    X = _design(t, periods, orders, t_ref, t_scale)
+    X = _design(t, periods, orders, t_ref, t_scale, degree)
     w = np.ones(len(t)) if halflife is None else 0.5 ** ((t[-1] - t) / halflife)
     sw = np.sqrt(w)[:, None]
     if len(t) < 2 * X.shape[1]:
@@ -89,7 +93,7 @@ def _fit_predict(t: np.ndarray, v: np.ndarray, periods: Sequence[float], orders:
         coef[0] = np.average(v, weights=w)
     else:
         coef = np.linalg.lstsq(X * sw, v * sw[:, 0], rcond=None)[0]
-    return _design(t if t_new is None else t_new, periods, orders, t_ref, t_scale) @ coef
+    return _design(t if t_new is None else t_new, periods, orders, t_ref, t_scale, degree) @ coef
 
 
 def _max_order(period: float, gap: float, cap: int) -> int:
@@ -203,57 +207,79 @@ def _peak_power(data: _Data, found: list, orders: list, freqs: np.ndarray) -> np
     return acc / max(1, len(data.sub))
 
 
-def _holdout_error(data: _Data, periods: list, orders: list, halflife_of) -> float:
-    """Mean over series of the held-out mean absolute error of the regression (values scaled to unit std)."""
-    errs = []
-    for tt, vv in data.items:
-        cut = tt[0] + (1 - HOLDOUT) * (tt[-1] - tt[0])
-        tr = tt <= cut
-        if tr.sum() < 8 or (~tr).sum() < 2:
-            continue
-        use = [(p, m) for p, m in zip(periods, orders) if tt[tr][-1] - tt[0] >= p]
-        ps, ms = [p for p, _ in use], [m for _, m in use]
-        pred = _fit_predict(tt[tr], vv[tr], ps, ms, tt[~tr], halflife_of(periods))
-        errs.append(float(np.mean(np.abs(vv[~tr] - pred))))
-    return float(np.mean(errs)) if errs else math.nan
+class _Judge:
+    """Rolling-origin held-out error of the regression: ``ORIGINS`` origins spread over the last ``HOLDOUT`` of each
+    series' span, each fitted on the data before it (recency weights of a fixed half-life, so that candidates are
+    compared under the same weights) and scored over the next ``horizon`` (mean absolute error, values at unit
+    standard deviation)."""
+
+    def __init__(self, data: _Data, horizon: float, halflife: Optional[float], degree: int) -> None:
+        self.data, self.horizon, self.halflife, self.degree = data, horizon, halflife, degree
+
+    def error(self, periods: list, orders: list, degree: Optional[int] = None) -> float:
+        deg = self.degree if degree is None else degree
+        errs = []
+        for tt, vv in self.data.items:
+            span = tt[-1] - tt[0]
+            last = tt[-1] - self.horizon
+            first = max(tt[-1] - HOLDOUT * span, tt[0] + 0.5 * span) if HOLDOUT * span > self.horizon else last
+            for o in np.linspace(first, last, ORIGINS) if last > first else [last]:
+                tr, te = tt <= o, (tt > o) & (tt <= o + self.horizon)
+                if tr.sum() < 8 or te.sum() < 1:
+                    continue
+                use = [(p, m) for p, m in zip(periods, orders) if tt[tr][-1] - tt[0] >= p]
+                pred = _fit_predict(tt[tr], vv[tr], [p for p, _ in use], [m for _, m in use], tt[te], self.halflife,
+                                    deg)
+                errs.append(float(np.mean(np.abs(vv[te] - pred))))
+        return float(np.mean(errs)) if errs else math.nan
 
 
-def _bic(data: _Data, periods: list, orders: list) -> float:
+def _bic(data: _Data, periods: list, orders: list, degree: int = 1) -> float:
     """Bayesian information criterion of the unweighted regression on all the data, summed over series."""
     total = 0.0
     for tt, vv in data.items:
-        r = vv - _fit_predict(tt, vv, periods, orders)
+        r = vv - _fit_predict(tt, vv, periods, orders, degree=degree)
         n = len(tt)
-        k = 2 + 2 * sum(orders)
+        k = degree + 1 + 2 * sum(orders)
         total += n * math.log(max(float(r @ r) / n, 1e-300)) + k * math.log(n)
     return total
 
 
-def choose_orders(data: _Data, periods: list, gap: float, max_order: int, halflife_of) -> list:
+def choose_orders(judge: _Judge, periods: list, gap: float, max_order: int) -> list:
     """Harmonics per period: start at one harmonic each and raise one period's order at a time (coordinate
     descent over ``ORDERS``, one pass, longest period first) when the held-out error drops by ``MIN_GAIN`` *and*
-    the Bayesian information criterion on all the data drops too (held-out error alone, from one split, lets noise
-    pick high orders)."""
+    the Bayesian information criterion on all the data drops too (held-out error alone lets noise pick high
+    orders)."""
     orders = [1] * len(periods)
-    best = _holdout_error(data, periods, orders, halflife_of)
+    best = judge.error(periods, orders)
     if not math.isfinite(best):
         return [min(3, _max_order(p, gap, max_order)) for p in periods]
-    best_bic = _bic(data, periods, orders)
+    best_bic = _bic(judge.data, periods, orders, judge.degree)
     for i, p in enumerate(periods):
         cap = _max_order(p, gap, max_order)
         for m in [o for o in ORDERS if 1 < o <= cap]:
             trial = orders[:i] + [m] + orders[i + 1:]
-            e = _holdout_error(data, periods, trial, halflife_of)
+            e = judge.error(periods, trial)
             if e < best * (1 - MIN_GAIN):
-                b = _bic(data, periods, trial)
+                b = _bic(judge.data, periods, trial, judge.degree)
                 if b < best_bic:
                     best, best_bic, orders = e, b, trial
     return orders
 
 
+def choose_degree(judge: _Judge, periods: list, orders: list) -> int:
+    """A line (1) only if it beats a level (0) on held-out error by ``MIN_GAIN``: a slope extrapolated from a
+    short, recency-weighted fit is the largest error of sub-daily series whose level wanders."""
+    e0, e1 = judge.error(periods, orders, 0), judge.error(periods, orders, 1)
+    if not math.isfinite(e1):
+        return 1
+    return 1 if e1 < e0 * (1 - MIN_GAIN) else 0
+
+
 def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optional[float],
                    index_unit: Optional[float] = None, max_order: int = 10,
-                   halflife_of=None, orders: Optional[Sequence[int]] = None, random_state: int = 0) -> Seasons:
+                   halflife_of=None, orders: Optional[Sequence[int]] = None, degree: Optional[int] = None,
+                   random_state: int = 0) -> Seasons:
     """Find the seasonal periods of irregularly sampled series.
 
     Args:
@@ -266,6 +292,7 @@ def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optio
         halflife_of: ``periods -> recency half-life`` of the regression used in the held-out check (None: equal
             weights), so the check judges the regression the forecaster will use.
         orders: fixed harmonics for every kept period (None: chosen by held-out error).
+        degree: the trend's degree (0: a level, 1: a line; None: chosen by held-out error).
         random_state: seed of the point subset used for long series.
 
     Returns:
@@ -273,7 +300,7 @@ def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optio
     """
     halflife_of = halflife_of or (lambda periods: None)
     data = _Data(times, values, np.random.RandomState(random_state))
-    out = Seasons()
+    out = Seasons(degree=1 if degree is None else degree)
     if not data.items:
         return out
     span = max(tt[-1] - tt[0] for tt, _ in data.items)
@@ -325,15 +352,17 @@ def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optio
         found.append(period)
         fo.append(min(3, _max_order(period, gap, max_order)))
         row["why"] = "significant"
-    # held-out check, in order of power
+    # held-out check, in order of power, under the weights the significant candidates imply
+    significant = [r["period"] for r in out.table if r["why"] == "significant"]
+    judge = _Judge(data, _horizon(significant, span, gap), halflife_of(significant), 1 if degree is None else degree)
     kept: list = []
-    best = _holdout_error(data, [], [], halflife_of)
+    best = judge.error([], [])
     for row in out.table:
         if row["why"] != "significant":
             continue
         trial = kept + [row["period"]]
         to = [min(3, _max_order(p, gap, max_order)) for p in trial]
-        e = _holdout_error(data, trial, to, halflife_of)
+        e = judge.error(trial, to)
         if math.isfinite(e) and (not math.isfinite(best) or e < best * (1 - MIN_GAIN)):
             kept.append(row["period"])
             best = e
@@ -342,17 +371,35 @@ def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optio
             row["why"] = "significant but does not lower the held-out error"
     kept.sort(reverse=True)
     out.periods = kept
+    judge.halflife = halflife_of(kept)
     if orders is None:
-        out.orders = choose_orders(data, kept, gap, max_order, halflife_of) if kept else []
+        out.orders = choose_orders(judge, kept, gap, max_order) if kept else []
     else:
         out.orders = [int(min(o, _max_order(p, gap, max_order))) for p, o in zip(kept, orders)]
+    out.degree = choose_degree(judge, kept, out.orders) if degree is None else degree
     return out
 
 
-def fixed_period_orders(times: list, values: list, periods: list, *, gap: float, max_order: int = 10,
-                        halflife_of=None, random_state: int = 0) -> list:
-    """Harmonics for user-given ``periods`` chosen by held-out error (see :func:`choose_orders`)."""
+def _horizon(periods: list, span: float, gap: float) -> float:
+    """How far the held-out check forecasts: one cycle of the longest period, else a tenth of the span."""
+    h = max(periods) if periods else 0.1 * span
+    return float(min(max(h, 4 * gap), HOLDOUT * span))
+
+
+def fit_fixed(times: list, values: list, periods: list, *, gap: float, max_order: int = 10, halflife_of=None,
+              orders: Optional[list] = None, degree: Optional[int] = None, random_state: int = 0) -> Seasons:
+    """Harmonics (``orders`` None) and trend degree (``degree`` None) for user-given ``periods``, chosen by the
+    held-out check of :func:`detect_seasons`."""
+    halflife_of = halflife_of or (lambda periods: None)
     data = _Data(times, values, np.random.RandomState(random_state))
-    if not periods:
-        return []
-    return choose_orders(data, list(periods), gap, max_order, halflife_of or (lambda periods: None))
+    out = Seasons(periods=list(periods), orders=list(orders) if orders is not None else [1] * len(periods),
+                  degree=1 if degree is None else degree)
+    if not data.items:
+        return out
+    span = max(tt[-1] - tt[0] for tt, _ in data.items)
+    judge = _Judge(data, _horizon(list(periods), span, gap), halflife_of(list(periods)), out.degree)
+    if orders is None and periods:
+        out.orders = choose_orders(judge, list(periods), gap, max_order)
+    if degree is None:
+        out.degree = choose_degree(judge, list(periods), out.orders)
+    return out
