@@ -184,7 +184,7 @@ def test_fitted_attributes(fitted):
         np.testing.assert_allclose(d[:, j], icpt + slope * t, rtol=1e-6, atol=1e-9)
         resid[:, j] -= icpt + slope * t
     np.testing.assert_allclose(line.scale_[0], np.nanstd(resid, axis=0))
-    plain = ODERNNForecaster(**{**TINY, "detrend": False}).fit(df)
+    plain = ODERNNForecaster(**{**TINY, "detrend": False, "seasonal_period": None}).fit(df)
     np.testing.assert_allclose(plain.regression_[0].predict(t), np.tile(df.mean().to_numpy(), (len(t), 1)))
     np.testing.assert_allclose(plain.scale_[0], df.std(ddof=0).to_numpy())
     assert est.n_features_in_ == 2 and list(est.feature_names_in_) == ["a", "b"]

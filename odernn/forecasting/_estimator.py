@@ -85,6 +85,10 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
             ``pd.Timedelta``) / number of index units, or a list; Fourier terms of these periods join the trend.
         fourier_order: harmonics per seasonal period: ``"auto"`` (chosen by held-out error, at most 10), an int,
             or a list with one per period.
+        seasonal_lag: give the network the residual one longest seasonal period before every stamp (interpolated
+            between observed neighbours, masked where unknown) as input channels, and add a learned multiple of
+            it to each prediction (a seasonal skip), so that it sees what happened one cycle ago even when the
+            cycle is far longer than its context (a week of half-hourly data). Off without seasons.
         trend_halflife: weight observations by ``0.5 ** (age / halflife)`` when fitting the deterministic part, so
             the level and slope that are extrapolated come from recent seasons (a duration or a number of index
             units; None: equal weights). ``"auto"``: three times the longest seasonal period in use (three years
@@ -142,6 +146,7 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
         "detrend": [Options(("auto", True, False))],
         "seasonal_period": [Options(("auto",)), Check(_period_spec, "a duration, a number or a list of them"), None],
         "fourier_order": [Options(("auto",)), Check(_order_spec, "an int in [1, 50] or a list of them")],
+        "seasonal_lag": [Options((True, False))],
         "trend_halflife": [Options(("auto",)), Check(
             lambda v: isinstance(v, (str, int, float, pd.Timedelta)) and not isinstance(v, bool),
             "a duration or a positive number"), None],
@@ -170,7 +175,7 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
                  window_stride: int = 1, windows_per_epoch: Optional[int] = 128, batch_size: int = 16,
                  max_epochs: int = 30, lr: float = 1e-2, lr_schedule: str = "cosine", weight_decay: float = 0.0,
                  grad_clip: Optional[float] = 1.0, time_unit: Any = None, detrend: Any = "auto",
-                 seasonal_period: Any = "auto", fourier_order: Any = "auto", trend_halflife: Any = "auto",
+                 seasonal_period: Any = "auto", fourier_order: Any = "auto", seasonal_lag: bool = True, trend_halflife: Any = "auto",
                  past_covariates: Optional[Sequence] = None, calibration_fraction: float = 0.15,
                  early_stopping: bool = False, validation_fraction: float = 0.1, n_iter_no_change: int = 10,
                  tol: float = 1e-4, solver: Optional[Solver] = None, method: Optional[str] = None,
@@ -196,6 +201,7 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
         self.detrend = detrend
         self.seasonal_period = seasonal_period
         self.fourier_order = fourier_order
+        self.seasonal_lag = seasonal_lag
         self.trend_halflife = trend_halflife
         self.past_covariates = past_covariates
         self.calibration_fraction = calibration_fraction

@@ -59,11 +59,12 @@ class ForecastMixin(IntervalMixin):
                 fut_c = h["c"][e:ahead[-1] + 1]
                 query = np.zeros(len(fut_t), dtype=bool)
                 query[ahead - e] = True
-                jobs.append((e, d, ctx, fut_t, fut_c, query))
+                lag = self._lag_values(s, fut_t, d, float(h["t"][e - 1])) if self._n_lag else None
+                jobs.append((e, d, ctx, fut_t, fut_c, query, lag))
             if not jobs:
                 continue
-            preds = self._residual_forecast(s, [j[2] for j in jobs], [(j[3], j[4], j[5]) for j in jobs])
-            for (e, d, _, fut_t, _, query), z in zip(jobs, preds):
+            preds = self._residual_forecast(s, [j[2] for j in jobs], [(j[3], j[4], j[5], j[6]) for j in jobs])
+            for (e, d, _, fut_t, _, query, _), z in zip(jobs, preds):
                 tq = fut_t[query]
                 yhat = d.predict(tq) + self.scale_[s] * z
                 truth = h["y"][e:e + len(fut_t)][query]
@@ -80,8 +81,9 @@ class ForecastMixin(IntervalMixin):
 
         Args:
             contexts: ``(t (L_i,), u (L_i, C))`` per forecast.
-            futures: ``(t (R_i,), c (R_i, p), query (R_i,))``: future rows (increasing, after the context),
-                covariates known there (NaN otherwise), and which rows are asked for.
+            futures: ``(t (R_i,), c (R_i, p), query (R_i,), lag (R_i, k_lag) or None)``: future rows
+                (increasing, after the context), covariates known there (NaN otherwise), which rows are asked for,
+                and the lag channels there.
 
         Returns:
             (n_query_i, k) arrays.
@@ -99,10 +101,10 @@ class ForecastMixin(IntervalMixin):
             uc = np.stack([contexts[i][1] for i in idx])
             t0 = tc[:, :1]
             obs = ~np.isnan(uc)
-            if not len(self.covariate_columns_):
+            if self._input_known() is None:
                 grids, picks = [], []
                 for i in idx:
-                    ft, _, q = futures[i]
+                    ft, _, q, _ = futures[i]
                     g, pk = self._grid(contexts[i][0][-1], ft[q])
                     grids.append(g)
                     picks.append(pk)
@@ -118,30 +120,37 @@ class ForecastMixin(IntervalMixin):
                 for j, i in enumerate(idx):
                     out[i] = fc[j][picks[j]]
             else:
-                p = len(self.covariate_columns_)
+                p, kl = len(self.covariate_columns_), self._n_lag
                 width = max(len(futures[i][0]) for i in idx)
                 R = tc.shape[1] + width
-                X = np.zeros((len(idx), R, k + p + 1))
-                M = np.zeros((len(idx), R, k + p + 1), dtype=bool)
+                X = np.zeros((len(idx), R, k + p + kl + 1))
+                M = np.zeros((len(idx), R, k + p + kl + 1), dtype=bool)
                 T = np.zeros((len(idx), R))
                 for j, i in enumerate(idx):
-                    ft, fc_, q = futures[i]
+                    ft, fc_, q, lag = futures[i]
                     L = tc.shape[1]
-                    X[j, :L, :k + p] = np.where(obs[j], uc[j], 0.0)
-                    M[j, :L, :k + p] = obs[j]
-                    cz = self.covariate_scaler_.transform(fc_)
-                    cobs = ~np.isnan(cz) & self._known_[None, :]
-                    X[j, L:L + len(ft), k:k + p] = np.where(cobs, cz, 0.0)
-                    M[j, L:L + len(ft), k:k + p] = cobs
+                    X[j, :L, :k + p + kl] = np.where(obs[j], uc[j], 0.0)
+                    M[j, :L, :k + p + kl] = obs[j]
+                    if p:
+                        cz = self.covariate_scaler_.transform(fc_)
+                        cobs = ~np.isnan(cz) & self._known_[None, :]
+                        X[j, L:L + len(ft), k:k + p] = np.where(cobs, cz, 0.0)
+                        M[j, L:L + len(ft), k:k + p] = cobs
+                    if kl:
+                        lobs = ~np.isnan(lag)
+                        X[j, L:L + len(ft), k + p:k + p + kl] = np.where(lobs, lag, 0.0)
+                        M[j, L:L + len(ft), k + p:k + p + kl] = lobs
                     X[j, L:L + len(ft), -1] = q
                     M[j, L:L + len(ft), -1] = q
                     T[j, :L] = tc[j]
                     T[j, L:L + len(ft)] = ft
                     T[j, L + len(ft):] = (ft[-1] if len(ft) else tc[j, -1]) + np.arange(1, R - L - len(ft) + 1)
                 t = torch.as_tensor(T - t0, dtype=torch.float32, device=device)
+                Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+                Mt = torch.as_tensor(M, device=device)
                 with torch.no_grad():
-                    pri = training.encode(model, torch.as_tensor(X, dtype=torch.float32, device=device), t,
-                                          torch.as_tensor(M, device=device))[0].double().cpu().numpy()
+                    pri = training.with_skip(model, training.encode(model, Xt, t, Mt)[0], Xt, Mt)
+                pri = pri.double().cpu().numpy()
                 for j, i in enumerate(idx):
                     q = futures[i][2]
                     L = tc.shape[1]
@@ -187,10 +196,17 @@ class ForecastMixin(IntervalMixin):
             ctx = (h["t"][lo:], self._channels(s, h["t"][lo:], h["y"][lo:], h["c"][lo:], self.regression_[s]))
             order = np.argsort(future[j], kind="stable")
             ft = future[j][order]
-            if xs is None:
-                fut = (ft, np.full((len(ft), len(self.covariate_columns_)), np.nan), np.ones(len(ft), dtype=bool))
+            if xs is None and self._n_lag:  # rows on the integration grid, the requested ones marked
+                grid, picks = self._grid(h["t"][-1], ft)
+                query = np.zeros(len(grid), dtype=bool)
+                query[picks] = True
+                rows = (grid, np.full((len(grid), len(self.covariate_columns_)), np.nan), query)
+            elif xs is None:
+                rows = (ft, np.full((len(ft), len(self.covariate_columns_)), np.nan), np.ones(len(ft), dtype=bool))
             else:
-                fut = self._covariate_rows(ft, h["t"][-1], *xs[j])
+                rows = self._covariate_rows(ft, h["t"][-1], *xs[j])
+            lag = self._lag_values(s, rows[0], self.regression_[s], h["t"][-1]) if self._n_lag else None
+            fut = (*rows, lag)
             z = self._residual_forecast(s, [ctx], [fut])[0]
             p = np.empty((len(ft), self.n_features_in_))
             p[order] = self.regression_[s].predict(ft) + self.scale_[s] * z

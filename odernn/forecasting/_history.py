@@ -14,8 +14,12 @@ import pandas as pd
 
 from ._covariates import KNOWN_LEAD, merge_rows, read_covariates
 from ._preprocess import Deterministic, Scaler, resolve_seasons
+from ._seasons import CALENDAR_SECONDS
 
-__all__ = ["HistoryMixin", "SeasonsMixin"]
+__all__ = ["HistoryMixin", "SeasonsMixin", "LAG_REACH", "MAX_REFITS"]
+
+LAG_REACH = 2.0  # a lag value is interpolated only between observations within this many typical gaps of it
+MAX_REFITS = 256  # distinct refits of the deterministic part per series while training (origins are bucketed)
 
 
 class SeasonsMixin:
@@ -35,8 +39,12 @@ class SeasonsMixin:
         if setup.report is None:
             self.season_candidates_ = None
         else:
-            rows = [dict(r, period=axis.unit * r["period"] if axis.kind == "datetime" else r["period"] * axis.unit)
-                    for r in setup.report]
+            rows = []
+            for r in setup.report:
+                period = axis.unit * r["period"] if axis.kind == "datetime" else r["period"] * axis.unit
+                label = r["label"] if r["label"] in CALENDAR_SECONDS else (
+                    str(period.round("s")) if axis.kind == "datetime" else f"{period:.4g}")
+                rows.append(dict(r, period=period, label=label))
             self.season_candidates_ = rows
 
 
@@ -56,6 +64,7 @@ class HistoryMixin(SeasonsMixin):
         times = [axis.from_raw(t) for t in panel.times]
         self._typical_gap_ = float(np.median(np.concatenate([np.diff(t) for t in times])))
         self._set_seasons(axis, times, panel.values)
+        self._lag_period_ = max(self._periods_) if self._periods_ and self.seasonal_lag else None
         # covariates
         if X is not None:
             origin = axis.origin if axis.kind == "datetime" else None
@@ -117,25 +126,76 @@ class HistoryMixin(SeasonsMixin):
                 out[j] = np.std(col)
         return out
 
-    def _channels(self, s: int, t: np.ndarray, y: np.ndarray, c: np.ndarray, d: Deterministic) -> np.ndarray:
-        """Model channels (n, k + p): standardised residuals of ``y`` w.r.t. ``d``, standardised covariates."""
+    # -- model channels ---------------------------------------------------------------------------------------------
+    @property
+    def _n_lag(self) -> int:
+        """Lag channels (one per target) when the network sees the longest cycle, else 0."""
+        return self.n_features_in_ if getattr(self, "_lag_period_", None) else 0
+
+    def _input_known(self) -> Optional[np.ndarray]:
+        """Which extra channels (covariates, then lags) are known at forecast stamps; None: no extra channels."""
+        if not len(self.covariate_columns_) and not self._n_lag:
+            return None
+        return np.concatenate([self._known_, np.ones(self._n_lag, dtype=bool)])
+
+    def _lag_values(self, s: int, t: np.ndarray, d: Deterministic, t_end: float) -> np.ndarray:
+        """The standardised residual one longest period before each stamp of ``t`` (n, k): linear interpolation
+        between the observed neighbours of ``t - P`` in series ``s`` (each within ``LAG_REACH`` typical gaps of
+        it, at or before ``t_end``), NaN where unknown."""
+        h = self._history_[s]
+        P = self._lag_period_
+        q = np.asarray(t, dtype=np.float64) - P
+        out = np.full((len(q), self.n_features_in_), np.nan)
+        reach = LAG_REACH * self._typical_gap_
+        lo = int(np.searchsorted(h["t"], q.min() - reach, side="left"))
+        hi = int(np.searchsorted(h["t"], min(q.max() + reach, t_end), side="right"))
+        if hi - lo < 1:
+            return out
+        ts, ys = h["t"][lo:hi], h["y"][lo:hi]
+        zs = (ys - d.predict(ts)) / self.scale_[s]
+        for j in range(zs.shape[1]):
+            ok = ~np.isnan(zs[:, j])
+            tj, zj = ts[ok], zs[ok, j]
+            if len(tj) == 0:
+                continue
+            r = np.searchsorted(tj, q, side="left")  # right neighbour
+            left, right = np.clip(r - 1, 0, len(tj) - 1), np.clip(r, 0, len(tj) - 1)
+            exact = (r < len(tj)) & (np.abs(tj[right] - q) <= 1e-9)
+            both = (r > 0) & (r < len(tj)) & (q - tj[left] <= reach) & (tj[right] - q <= reach)
+            w = np.where(both, (q - tj[left]) / np.maximum(tj[right] - tj[left], 1e-12), 0.0)
+            val = np.where(both, zj[left] * (1 - w) + zj[right] * w, np.nan)
+            out[:, j] = np.where(exact, zj[right], val)
+        return out
+
+    def _channels(self, s: int, t: np.ndarray, y: np.ndarray, c: np.ndarray, d: Deterministic,
+                  t_end: Optional[float] = None) -> np.ndarray:
+        """Model channels (n, k + p + k_lag): standardised residuals of ``y`` w.r.t. ``d``, standardised
+        covariates, and the residual one longest period back (known up to ``t_end``, default the last of ``t``)."""
         z = (y - d.predict(t)) / self.scale_[s]
-        if self.covariate_scaler_ is None:
-            return z
-        return np.concatenate([z, self.covariate_scaler_.transform(c)], axis=1)
+        parts = [z]
+        if self.covariate_scaler_ is not None:
+            parts.append(self.covariate_scaler_.transform(c))
+        if self._n_lag:
+            parts.append(self._lag_values(s, t, d, float(t[-1]) if t_end is None else t_end))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else z
 
     def _origin_channels(self, s: int, lo: int, hi: int, e: int, cache: Optional[dict] = None) -> np.ndarray:
-        """Channels of rows [lo, hi) of series ``s`` with ``d`` fitted on the rows before the origin ``e``."""
+        """Channels of rows [lo, hi) of series ``s`` as seen from the origin ``e`` (the history is rows [0, e)):
+        ``d`` fitted on the rows before a nearby earlier origin (at most ``MAX_REFITS`` distinct refits per
+        series, never using rows from ``e`` on), lags known up to row ``e - 1``."""
         h = self._history_[s]
+        t_end = float(h["t"][e - 1])
         if not self._rolling_:
-            return self._channels(s, h["t"][lo:hi], h["y"][lo:hi], h["c"][lo:hi], self.regression_[s])
-        key = (s, e)
+            return self._channels(s, h["t"][lo:hi], h["y"][lo:hi], h["c"][lo:hi], self.regression_[s], t_end)
+        stride = max(1, len(h["t"]) // MAX_REFITS)
+        e_fit = max(min(e, int(self._first_rows_[s])), (e // stride) * stride)
+        key = (s, e_fit)
         d = cache.get(key) if cache is not None else None
         if d is None:
-            d = self._fit_regression(h["t"][:e], h["y"][:e])
+            d = self._fit_regression(h["t"][:e_fit], h["y"][:e_fit])
             if cache is not None:
                 cache[key] = d
-        return self._channels(s, h["t"][lo:hi], h["y"][lo:hi], h["c"][lo:hi], d)
+        return self._channels(s, h["t"][lo:hi], h["y"][lo:hi], h["c"][lo:hi], d, t_end)
 
     # -- update ----------------------------------------------------------------------------------------------------
     def update(self, y: Any, X: Any = None, *, replace: bool = False) -> "ODERNNForecaster":

@@ -26,12 +26,13 @@ class NetworkMixin:
 
     # -- train ------------------------------------------------------------------------------------------------------
     def _model_config(self, solver: Solver) -> dict:
-        k, p = self.n_features_in_, len(self.covariate_columns_)
+        k, p, kl = self.n_features_in_, len(self.covariate_columns_), self._n_lag
         kwargs = copy.deepcopy(self.dynamics_kwargs) if self.dynamics_kwargs is not None else (
             {"omega": 0.0} if self.dynamics in ("hbnode", "ghbnode") else None)
-        return dict(dynamics=self.dynamics, input_size=k + (p + 1 if p else 0), hidden_size=int(self.hidden_size),
+        extra = p + kl + 1 if p or kl else 0  # covariates, lags, the query channel
+        return dict(dynamics=self.dynamics, input_size=k + extra, hidden_size=int(self.hidden_size),
                     output_size=k, ode_width=None if self.ode_width is None else int(self.ode_width),
-                    dynamics_kwargs=kwargs)
+                    dynamics_kwargs=kwargs, lag_channels=[k + p, k + p + kl] if kl else None)
 
     @staticmethod
     def _build_model(config: dict, solver: Solver) -> ODERNN:
@@ -43,6 +44,8 @@ class NetworkMixin:
         with torch.no_grad():
             last.weight.zero_()
             last.bias.zero_()
+        if config.get("lag_channels"):
+            training.add_seasonal_skip(model, tuple(config["lag_channels"]))
         return model
 
     def _train(self, data: dict) -> None:
@@ -72,6 +75,7 @@ class NetworkMixin:
         # history spans every seasonal period twice; with fewer than MIN_ROLLING such windows (short series) the
         # fit on the whole history is used for every window instead.
         first = self._first_complete_rows()
+        self._first_rows_ = first
         spans = [(s, e) for s in range(len(n_fit)) for e in range(max(L, int(first[s])), int(n_fit[s]) - H + 1,
                                                                   self.window_stride_)]
         self._rolling_ = len(spans) >= MIN_ROLLING
@@ -81,7 +85,7 @@ class NetworkMixin:
             raise ValueError(f"no series is long enough for a training window of {L} + {H} rows")
         self.n_windows_ = len(spans)
         per_epoch = len(spans) if self.windows_per_epoch is None else min(len(spans), int(self.windows_per_epoch))
-        known = self._known_ if len(self.covariate_columns_) else None
+        known = self._input_known()
         device = torch.device(self.device)
         cache: dict = {}
         k = self.n_features_in_

@@ -326,10 +326,13 @@ def validate_fitted(est: Any, has_weights: bool) -> None:
     _need(isinstance(est.solver_, Solver), "solver_", est.solver_, "an odernn.Solver")
     cfg = est._model_config_
     p = len(est.covariate_columns_)
-    _need(isinstance(cfg, dict) and cfg.get("output_size") == k and
-          cfg.get("input_size") == k + (p + 1 if p else 0) and _is_int(cfg.get("hidden_size"), 1),
-          "_model_config_", cfg, f"a dict with output_size {k}, input_size {k + (p + 1 if p else 0)} and a "
-          f"positive hidden_size")
+    lag = d.get("_lag_period_")
+    _need(lag is None or _is_pos(lag), "_lag_period_", lag, "None or a positive number")
+    kl = k if lag else 0
+    size = k + (p + kl + 1 if p or kl else 0)
+    _need(isinstance(cfg, dict) and cfg.get("output_size") == k and cfg.get("input_size") == size and
+          _is_int(cfg.get("hidden_size"), 1), "_model_config_", cfg,
+          f"a dict with output_size {k}, input_size {size} and a positive hidden_size")
     _array(est._known_, (p,), "_known_")
     _need(est._known_.dtype == bool, "_known_", est._known_.dtype, "a boolean array")
     if p:
