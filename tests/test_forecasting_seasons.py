@@ -122,3 +122,37 @@ def test_forecaster_reports_seasons_and_saves_them(tmp_path):
     g = ODERNNForecaster.load(tmp_path / "f.odernn")
     assert g.fourier_orders_ == f.fourier_orders_
     pd.testing.assert_frame_equal(g.predict(range(1, 5)), f.predict(range(1, 5)))
+
+
+def test_lag_channel_interpolates_one_period_back_and_hides_the_future():
+    df = half_hourly(weeks=3, noise=0.0)
+    f = ODERNNForecaster(**TINY, seasonal_lag=True).fit(df)
+    assert f._lag_period_ == 336.0 and f.model_.seasonal_skip.shape == (1,)
+    assert f._model_config_["input_size"] == 1 + 1 + 1  # target, lag, query channel
+    h, d, s = f._history_[0], f.regression_[0], f.scale_[0]
+    t = h["t"][-50:]
+    lag = f._lag_values(0, t, d, float(h["t"][-1]))[:, 0]
+    z = (h["y"][:, 0] - d.predict(h["t"])[:, 0]) / s
+    ok = ~np.isnan(lag)
+    assert ok.mean() > 0.8  # 30% of stamps dropped: most lags have neighbours within two gaps
+    np.testing.assert_allclose(lag[ok], np.interp(t[ok] - 336.0, h["t"], z), atol=1e-12)
+    # a stamp whose lag lies after the forecast origin gets none
+    late = f._lag_values(0, np.array([h["t"][-1] + 400.0]), d, float(h["t"][-1]))
+    assert np.isnan(late).all()
+    early = f._lag_values(0, h["t"][-10:], d, float(h["t"][-1]) - 400.0)
+    assert np.isnan(early).all()
+
+
+def test_seasonal_lag_off_and_on_both_forecast_and_save(tmp_path):
+    df = half_hourly(weeks=3)
+    off = ODERNNForecaster(**TINY).fit(df)
+    assert off._lag_period_ is None and not hasattr(off.model_, "seasonal_skip")
+    on = ODERNNForecaster(**TINY, seasonal_lag=True).fit(df)
+    fh = pd.date_range(df.index[-1] + pd.Timedelta("30min"), periods=48 * 7, freq="30min")
+    a, b = on.predict(fh), off.predict(fh)
+    assert np.isfinite(a.to_numpy()).all() and np.isfinite(b.to_numpy()).all()
+    on.save(tmp_path / "on.odernn")
+    g = ODERNNForecaster.load(tmp_path / "on.odernn")
+    torch_equal = (g.model_.seasonal_skip == on.model_.seasonal_skip).all()
+    assert bool(torch_equal)
+    pd.testing.assert_frame_equal(g.predict(fh), a)

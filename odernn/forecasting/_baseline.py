@@ -116,12 +116,7 @@ class SeasonalRegression(SeasonsMixin, IntervalMixin, BaseForecaster):
     def _refit_all(self) -> None:
         self.regression_ = [self._fit_one(t, v) for t, v in self._history_]
         self._end_model_time_ = np.array([t[-1] for t, _ in self._history_])
-        scales = []
-        for (t, v), d in zip(self._history_, self.regression_):
-            r = v - d.predict(t)
-            sd = np.array([np.std(c[~np.isnan(c)]) if (~np.isnan(c)).sum() >= 2 else 0.0 for c in r.T])
-            scales.append(np.where(sd > 0, sd, 1.0))
-        self.scale_ = np.stack(scales)
+        self.scale_ = np.stack([d.residual_scale(t, v) for (t, v), d in zip(self._history_, self.regression_)])
 
     def _calibrate(self) -> None:
         """Signed errors of the regression refitted at origins inside the last ``calibration_fraction`` of every

@@ -118,13 +118,7 @@ class HistoryMixin(SeasonsMixin):
 
     @staticmethod
     def _residual_scale(h: dict, d: Deterministic) -> np.ndarray:
-        r = h["y"] - d.predict(h["t"])
-        out = np.ones(r.shape[1])
-        for j in range(r.shape[1]):
-            col = r[:, j][~np.isnan(r[:, j])]
-            if len(col) >= 2 and np.std(col) > 0:
-                out[j] = np.std(col)
-        return out
+        return d.residual_scale(h["t"], h["y"])
 
     # -- model channels ---------------------------------------------------------------------------------------------
     @property

@@ -126,8 +126,9 @@ def _nothing_found(found, axis, owner: str) -> str:
 
 @dataclass
 class Deterministic:
-    """Least-squares ``d(t) = sum_j b_j ((t - t_ref) / t_scale)^j + sum_{P, m} (a sin + c cos)(2 pi m t / P)`` per
-    column, fitted on the observed entries.
+    """Least-squares ``d(t) = sum_j b_j ((t' - t_ref) / t_scale)^j + sum_{P, m} (a sin + c cos)(2 pi m t / P)`` per
+    column, fitted on the observed entries, with ``t' = min(t, t_ref + halflife)`` (the trend held flat from one
+    half-life after the end of the fit; ``t' = t`` without recency weights).
 
     Attributes:
         degree: trend degree (0: a level, 1: a line, ...; -1: no trend term at all).
@@ -149,8 +150,12 @@ class Deterministic:
     used_orders: Optional[list] = None
 
     def features(self, t: np.ndarray) -> np.ndarray:
-        """Design matrix (n, n_terms) at model times ``t`` (n,)."""
-        u = (np.asarray(t, dtype=np.float64) - self.t_ref) / self.t_scale
+        """Design matrix (n, n_terms) at model times ``t`` (n,). With recency weights the trend is held flat from
+        one half-life after the end of the fit on (a damped trend): a slope estimated from data of that memory is
+        not extrapolated farther."""
+        t = np.asarray(t, dtype=np.float64)
+        t_trend = t if self.halflife is None else np.minimum(t, self.t_ref + self.halflife)
+        u = (t_trend - self.t_ref) / self.t_scale
         cols = [u ** j for j in range(self.degree + 1)]
         orders = self.used_orders if self.used_orders is not None else [int(self.order)] * len(self.used_periods)
         for p, order in zip(self.used_periods, orders):
@@ -184,6 +189,25 @@ class Deterministic:
             coef[:, j] = np.linalg.lstsq(Xj * sw, v[ok, j] * sw[:, 0], rcond=None)[0]
         self.coef = coef
         return self
+
+    def residual_scale(self, t: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Per column, the standard deviation of the residuals ``v - d(t)`` (observed entries) under the fit's
+        recency weights, so that a short half-life measures the scale of recent residuals and not the misfit of
+        old data; 1 where it cannot be measured. Shape (k,)."""
+        t = np.asarray(t, dtype=np.float64)
+        r = np.asarray(v, dtype=np.float64) - self.predict(t)
+        w_all = np.ones(len(t)) if self.halflife is None else 0.5 ** ((t[-1] - t) / self.halflife)
+        out = np.ones(r.shape[1])
+        for j in range(r.shape[1]):
+            ok = ~np.isnan(r[:, j])
+            if ok.sum() < 2:
+                continue
+            w, c = w_all[ok], r[ok, j]
+            mu = np.average(c, weights=w)
+            sd = float(np.sqrt(np.average((c - mu) ** 2, weights=w)))
+            if sd > 0 and np.isfinite(sd):
+                out[j] = sd
+        return out
 
     def predict(self, t: np.ndarray) -> np.ndarray:
         """d(t), shape (n, k)."""

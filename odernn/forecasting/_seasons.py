@@ -93,7 +93,12 @@ def _fit_predict(t: np.ndarray, v: np.ndarray, periods: Sequence[float], orders:
         coef[0] = np.average(v, weights=w)
     else:
         coef = np.linalg.lstsq(X * sw, v * sw[:, 0], rcond=None)[0]
-    return _design(t if t_new is None else t_new, periods, orders, t_ref, t_scale, degree) @ coef
+    if t_new is None:
+        return X @ coef
+    Xn = _design(t_new, periods, orders, t_ref, t_scale, degree)
+    if halflife is not None:  # the trend held flat from one half-life after the end (as Deterministic does)
+        Xn[:, :degree + 1] = _design(np.minimum(t_new, t_ref + halflife), [], [], t_ref, t_scale, degree)
+    return Xn @ coef
 
 
 def _max_order(period: float, gap: float, cap: int) -> int:
