@@ -19,14 +19,15 @@ Series (each real one made irregular by dropping stamps at random with the recor
 odernn and Prophet read the irregular stamps as they are. statsforecast needs a regular grid: the kept values are
 put back on the series' grid (hour, week, day, half hour) and the dropped ones filled by linear interpolation in
 time; jittered stamps (``gen_weekly``) are first averaged into 7-day bins. Forecasts are scored at the held-out
-stamps that were kept (MAE; share inside the 90% interval). Peers get their documented seasonal settings for the
+stamps that were kept (MAE; share inside the 90% interval), on three folds per series: the last test window and the
+two before it, each forecast from all the data before it. Peers get their documented seasonal settings for the
 known cycles (``season_length``; MSTL's periods; Prophet's defaults, which add daily/weekly/yearly terms as the data
 allow). Fit CPU time is ``time.process_time()`` of fit plus predict in a process with one thread.
 
 Each (series, method) runs in its own process with a time limit, and writes one JSON file::
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/forecasting.py run --series co2_weekly --method odernn
-    python benchmarks/forecasting.py all --timeout 600      # every pair, one process each
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/forecasting.py run --series co2_weekly --method odernn --fold 0
+    python benchmarks/forecasting.py all --timeout 600      # every (fold, series, method), one process each
     python benchmarks/forecasting.py report                 # the table of benchmarks/forecasting.md
 """
 
@@ -50,6 +51,8 @@ OUT = ROOT / "benchmarks" / "results" / "forecasting"
 SERIES = ["seattle_hourly", "co2_weekly", "seattle_daily", "gen_half_hourly", "gen_weekly"]
 METHODS = ["odernn", "prophet", "autoarima", "autoets", "mstl", "seasonal_naive", "last_value"]
 COVERAGE = 0.9
+FOLDS = 3  # test windows per series: the last one and the two before it
+MAX_ARIMA_SEASON = 100  # AutoARIMA(season_length=365) took 18 GB and was OOM-killed (seattle_daily)
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -98,10 +101,12 @@ def load(name: str) -> dict:
     raise ValueError(f"unknown series {name!r}; choose from {SERIES}")
 
 
-def split(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split(spec: dict, fold: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fold 0 forecasts the last test window from everything before it; fold k the window k windows earlier."""
     df = spec["df"]
-    cut = df.index[-1] - spec["test"]
-    return df[df.index <= cut], df[df.index > cut]
+    end = df.index[-1] - fold * spec["test"]
+    cut = end - spec["test"]
+    return df[df.index <= cut], df[(df.index > cut) & (df.index <= end)]
 
 
 def regular(train: pd.DataFrame, step: pd.Timedelta) -> pd.Series:
@@ -122,8 +127,8 @@ def grid_positions(test: pd.DataFrame, end: pd.Timestamp, step: pd.Timedelta) ->
 
 # -- methods --------------------------------------------------------------------------------------------------------
 
-def run_method(method: str, spec: dict) -> dict:
-    train, test = split(spec)
+def run_method(method: str, spec: dict, fold: int = 0) -> dict:
+    train, test = split(spec, fold)
     step, seasons = spec["step"], spec["seasons"]
     t0 = time.process_time()
     w0 = time.perf_counter()
@@ -159,6 +164,9 @@ def run_method(method: str, spec: dict) -> dict:
         pos = grid_positions(test, y.index[-1], step)
         h = int(pos.max())
         if method == "autoarima":
+            if seasons[0] > MAX_ARIMA_SEASON:
+                raise RuntimeError(f"not run: AutoARIMA with season_length={seasons[0]} was killed by the kernel's "
+                                   f"out-of-memory killer at 18 GB on this machine")
             model = AutoARIMA(season_length=seasons[0])
         elif method == "autoets":
             model = AutoETS(season_length=seasons[0] if seasons[0] <= 24 else 1)
@@ -203,10 +211,12 @@ def main(argv: list | None = None) -> None:
     r = sub.add_parser("run", help="one (series, method) pair in this process")
     r.add_argument("--series", required=True, choices=SERIES)
     r.add_argument("--method", required=True, choices=METHODS)
+    r.add_argument("--fold", type=int, default=0, help="0: the last test window, k: k windows earlier")
     a = sub.add_parser("all", help="every missing pair, one process each, under a time limit")
     a.add_argument("--timeout", type=int, default=600)
     a.add_argument("--series", nargs="*", default=SERIES)
     a.add_argument("--methods", nargs="*", default=METHODS)
+    a.add_argument("--folds", type=int, nargs="*", default=list(range(FOLDS)))
     a.add_argument("--force", action="store_true", help="rerun pairs that have results")
     sub.add_parser("report", help="print the markdown table")
     args = ap.parse_args(argv)
@@ -216,46 +226,63 @@ def main(argv: list | None = None) -> None:
 
         torch.set_num_threads(1)
         spec = load(args.series)
-        res = dict(series=args.series, seed=spec["seed"], **run_method(args.method, spec))
-        (OUT / f"{args.series}__{args.method}.json").write_text(json.dumps(res, indent=1))
+        res = dict(series=args.series, seed=spec["seed"], fold=args.fold, **run_method(args.method, spec, args.fold))
+        (OUT / f"{args.series}__{args.method}__f{args.fold}.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res))
     elif args.cmd == "all":
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        for s in args.series:
-            for m in args.methods:
-                path = OUT / f"{s}__{m}.json"
-                if path.exists() and not args.force:
-                    continue
-                cmd = ["nice", "-n", "10", sys.executable, __file__, "run", "--series", s, "--method", m]
-                try:
-                    p = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
-                    if p.returncode != 0:
-                        err = (p.stderr.strip().splitlines() or ["?"])[-1]
-                        path.write_text(json.dumps(dict(series=s, method=m, error=err)))
-                except subprocess.TimeoutExpired:
-                    path.write_text(json.dumps(dict(series=s, method=m, error=f"over {args.timeout} s")))
-                print(path.read_text().replace("\n", ""), flush=True)
+        for f in args.folds:
+            for s in args.series:
+                for m in args.methods:
+                    path = OUT / f"{s}__{m}__f{f}.json"
+                    if path.exists() and not args.force:
+                        continue
+                    cmd = ["nice", "-n", "10", sys.executable, __file__, "run", "--series", s, "--method", m,
+                           "--fold", str(f)]
+                    try:
+                        p = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
+                        if p.returncode != 0:
+                            err = (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+                            path.write_text(json.dumps(dict(series=s, method=m, fold=f, error=err)))
+                    except subprocess.TimeoutExpired:
+                        path.write_text(json.dumps(dict(series=s, method=m, fold=f, error=f"over {args.timeout} s")))
+                    print(path.read_text().replace("\n", ""), flush=True)
     else:
         print(report())
 
 
 def report() -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
-    lines = ["| series | method | MAE | 90% coverage | fit CPU s |", "| --- | --- | --- | --- | --- |"]
+    """Per series and method: MAE averaged over the folds, coverage pooled over the folds' test stamps, mean fit
+    CPU time; the best MAE of each series in bold."""
+    rows = [json.loads(p.read_text()) for p in sorted(OUT.glob("*__f*.json"))]
+    lines = ["| series | method | folds | MAE | 90% coverage | fit CPU s |", "| --- | --- | --- | --- | --- | --- |"]
     for s in SERIES:
-        got = {r["method"]: r for r in rows if r["series"] == s}
-        ok = [r for r in got.values() if "mae" in r]
-        best = min((r["mae"] for r in ok if r["method"] != "odernn"), default=np.nan)
+        summary = {}
         for m in METHODS:
-            r = got.get(m)
-            if r is None:
+            got = [r for r in rows if r["series"] == s and r["method"] == m]
+            ok = [r for r in got if "mae" in r]
+            if not got:
                 continue
-            if "error" in r:
-                lines.append(f"| {s} | {m} | failed: {r['error'][:60]} | | |")
+            if not ok:
+                summary[m] = dict(error=got[0]["error"], folds=0)
                 continue
-            mark = "**" if r["method"] == "odernn" and r["mae"] <= best else ""
-            cov = f"{r['coverage']:.2f}" if "coverage" in r else "-"
-            lines.append(f"| {s} | {m} | {mark}{r['mae']:.3f}{mark} | {cov} | {r['cpu_s']:.1f} |")
+            cov = [r for r in ok if "coverage" in r]
+            summary[m] = dict(
+                folds=len(ok), mae=float(np.mean([r["mae"] for r in ok])),
+                coverage=(float(np.sum([r["coverage"] * r["n_test"] for r in cov]) / np.sum([r["n_test"] for r in cov]))
+                          if cov else None),
+                cpu=float(np.mean([r["cpu_s"] for r in ok])),
+                errors=[r["error"] for r in got if "error" in r])
+        full = [v["mae"] for v in summary.values() if v.get("folds") == FOLDS]
+        best = min(full) if full else np.nan
+        for m, v in summary.items():
+            if "mae" not in v:
+                lines.append(f"| {s} | {m} | 0 | not run: {v['error'][:70]} | | |")
+                continue
+            mark = "**" if v["folds"] == FOLDS and v["mae"] <= best else ""
+            cov = "-" if v["coverage"] is None else f"{v['coverage']:.2f}"
+            folds = f"{v['folds']}" + (f" ({v['errors'][0][:40]})" if v["errors"] else "")
+            lines.append(f"| {s} | {m} | {folds} | {mark}{v['mae']:.3f}{mark} | {cov} | {v['cpu']:.1f} |")
     return "\n".join(lines)
 
 

@@ -32,14 +32,18 @@ __all__ = ["threads", "encode", "add_seasonal_skip", "with_skip", "masked_mse", 
 
 @contextlib.contextmanager
 def threads(n: Optional[int]):
-    """torch's intra-op threads set to ``n`` inside the block (None: unchanged), restored after."""
+    """torch's intra-op threads and the BLAS threads of numpy's least squares (through threadpoolctl, a
+    scikit-learn dependency) set to ``n`` inside the block (None: unchanged), restored after."""
     if n is None:
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     old = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
-        yield
+        with threadpool_limits(limits=int(n)):
+            yield
     finally:
         torch.set_num_threads(old)
 
