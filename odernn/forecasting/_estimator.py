@@ -61,9 +61,11 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
     changing season). Loss: mean squared one-step error in the context plus mean squared multi-step error over the
     horizon, standardised, observed entries only. Adam, gradient-norm clipping, cosine decay.
 
-    **Intervals.** The last ``calibration_fraction`` of every series is held out of training; forecasts of it from
-    origins inside it (with :math:`d` refitted up to each origin) give signed errors per forecast distance, and
-    :meth:`predict_interval` / :meth:`predict_quantiles` add their split-conformal quantiles to the point forecast.
+    **Intervals.** The last ``calibration_fraction`` of every series is held out of training; forecasts from
+    origins inside it and spread over the last half of the series (with :math:`d` refitted up to each origin) give
+    signed errors per forecast distance, and :meth:`predict_interval` / :meth:`predict_quantiles` add their
+    split-conformal quantiles to the point forecast (levels beyond what the errors resolve: an exponential tail and
+    a :class:`~odernn.forecasting._intervals.CalibrationWarning`).
 
     Args:
         dynamics: ``"node" | "anode" | "sonode" | "hbnode" | "ghbnode"`` (default ``"hbnode"``).

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-import pandas as pd
 
 from ._covariates import KNOWN_LEAD, merge_rows, read_covariates
 from ._preprocess import Deterministic, Scaler, resolve_seasons
