@@ -175,14 +175,16 @@ def test_fitted_attributes(fitted):
     assert est.time_origin_ == df.index[0]
     t = ((df.index - df.index[0]) / est.time_unit_).to_numpy()
     resid = df.to_numpy().copy()
-    d = est.regression_[0].predict(t)
+    line = ODERNNForecaster(**{**TINY, "detrend": True, "seasonal_period": None}).fit(df)
+    assert line.trend_degree_ == 1 and est.trend_degree_ in (0, 1)  # "auto" picks a level or a line
+    d = line.regression_[0].predict(t)
     for j, c in enumerate(df.columns):  # detrend=True, no season (40 days): a least-squares line per column
         ok = df[c].notna().to_numpy()
         slope, icpt = np.polyfit(t[ok], df[c].to_numpy()[ok], 1)
         np.testing.assert_allclose(d[:, j], icpt + slope * t, rtol=1e-6, atol=1e-9)
         resid[:, j] -= icpt + slope * t
-    np.testing.assert_allclose(est.scale_[0], np.nanstd(resid, axis=0))
-    plain = ODERNNForecaster(**{**TINY, "detrend": False}).fit(df)
+    np.testing.assert_allclose(line.scale_[0], np.nanstd(resid, axis=0))
+    plain = ODERNNForecaster(**{**TINY, "detrend": False, "seasonal_period": None}).fit(df)
     np.testing.assert_allclose(plain.regression_[0].predict(t), np.tile(df.mean().to_numpy(), (len(t), 1)))
     np.testing.assert_allclose(plain.scale_[0], df.std(ddof=0).to_numpy())
     assert est.n_features_in_ == 2 and list(est.feature_names_in_) == ["a", "b"]
@@ -378,7 +380,7 @@ def test_fit_bad_input(make, exc, match):
     ([pd.Timestamp("2030-01-01"), 3], TypeError, "mixes datetimes"),
     ([1, 1], ValueError, "duplicate"),
     ([], ValueError, "empty"),
-    ("2030-01-01", TypeError, "string"),
+    ("soon", TypeError, "pandas reads neither as timestamps nor as durations"),
     ([True, False], TypeError, "booleans"),
     ([np.nan, 1.0], ValueError, "NaN"),
     (pd.DatetimeIndex(["2030-01-01"]).tz_localize("UTC"), ValueError, "timezone-aware"),

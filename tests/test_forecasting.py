@@ -89,7 +89,7 @@ def test_seasonal_regression_recovers_trend_and_season():
     np.testing.assert_allclose(sr.predict(fh)["y"].to_numpy(), truth, atol=1e-8)
     no_season = SeasonalRegression(seasonal_period=None).fit(df)
     assert no_season.regression_[0].used_periods == []
-    with pytest.raises(ValueError, match="parameter fourier_order must be an int >= 1"):
+    with pytest.raises(ValueError, match="parameter fourier_order must be one of .auto. or an int in"):
         SeasonalRegression(fourier_order=0).fit(df)
 
 
@@ -101,7 +101,8 @@ def test_seasonal_regression_numeric_period_and_long_panel():
     np.testing.assert_allclose(sr.predict([301.0, 310.0])["v"].to_numpy(),
                                np.sin(2 * np.pi * np.array([301.0, 310.0]) / 50.0) + 0.01 * np.array([301.0, 310.0]),
                                atol=1e-8)
-    assert SeasonalRegression().fit(df).regression_[0].used_periods == []  # "auto" needs a DatetimeIndex
+    auto = SeasonalRegression().fit(df)  # "auto" finds the period on a numeric index too, in index units
+    assert auto.seasonal_periods_ == [50.0] and auto.regression_[0].used_periods == [50.0 / 1.5]
     long = long_frame([df, 2 * df], ["p", "q"])
     out = SeasonalRegression(seasonal_period=50.0, fourier_order=1).fit(long).predict([301.0], ids=["q"])
     assert list(out.columns) == ["unique_id", "ds", "v"] and out["unique_id"].tolist() == ["q"]
@@ -354,7 +355,9 @@ def test_backtest_update_and_sliding(seasonal):
     once = backtest(SeasonalRegression(), df, initial="800D", step="200D", horizon="60D", refit=False)
     # a seasonal regression updated with the new observations is the regression refitted on them
     np.testing.assert_allclose(refit["mae"], once["mae"])
-    assert refit["coverage"].isna().all()  # no intervals
+    assert refit["coverage"].notna().all()  # the regression has calibrated intervals too
+    plain = backtest(SeasonalRegression(calibration_fraction=0.0), df, initial="800D", step="200D", horizon="60D")
+    assert plain["coverage"].isna().all()  # no intervals
     sliding = backtest(SeasonalRegression(), df, initial="800D", step="200D", horizon="60D", window="sliding")
     assert not np.allclose(sliding["mae"], refit["mae"])
     with pytest.raises(ValueError, match="only makes sense with window='expanding'"):

@@ -6,9 +6,11 @@
 - :func:`backtest`: rolling-origin evaluation with folds defined in time.
 
 Layout of the subpackage: ``_frames`` (input layouts, time axis, horizons), ``_covariates`` (covariates on their own
-stamps), ``_preprocess`` (trend, seasonality, scaling), ``_training`` (windows, loss, loop), ``_intervals``
-(split-conformal calibration), ``_estimator`` (the estimator), ``_baseline``, ``_backtest``, ``_persist`` (safe
-files), ``_params`` (declarative parameter validation), ``_sktime`` (optional adapter).
+stamps), ``_seasons`` (season detection on irregular stamps), ``_preprocess`` (trend, seasonality, scaling),
+``_history`` (per-series rows, deterministic parts, model channels, ``update``), ``_network`` and ``_training``
+(the ODE-RNN, windows, loss, loop), ``_forecast`` (forecasts and their calibration), ``_intervals``
+(split-conformal intervals), ``_estimator`` (the estimator), ``_baseline``, ``_backtest``, ``_persist`` (safe
+files), ``_params`` (declarative parameter validation), ``sktime_adapter`` (optional).
 """
 
 from ._backtest import backtest

@@ -54,7 +54,7 @@ def _slice(obj: Any, layout: str, lo: Any, hi: Any) -> Any:
 
 def backtest(forecaster: Any, y: Any, X: Any = None, *, initial: Any, step: Any, horizon: Any,
              window: str = "expanding", refit: bool = True, coverage: Optional[float] = 0.9,
-             return_predictions: bool = False):
+             return_predictions: bool = False, max_folds: int = 1000):
     """Evaluate ``forecaster`` on forecasts from successive cutoffs, defined in time.
 
     Cutoffs are ``first stamp + initial``, then every ``step`` while a cutoff leaves ``horizon`` of data after it.
@@ -74,6 +74,7 @@ def backtest(forecaster: Any, y: Any, X: Any = None, *, initial: Any, step: Any,
         refit: refit at every fold (True) or fit once and update.
         coverage: nominal coverage of the intervals scored (``predict_interval``), or None for none.
         return_predictions: also return the per-stamp table.
+        max_folds: the most folds allowed; more raise ``ValueError`` before anything is built or fitted.
 
     Returns:
         A DataFrame with one row per fold and horizon step ``h`` (``h = 1`` is the first stamp after the cutoff):
@@ -83,7 +84,7 @@ def backtest(forecaster: Any, y: Any, X: Any = None, *, initial: Any, step: Any,
         ``y_pred``, ``lower``, ``upper``).
 
     Raises:
-        ValueError: no cutoff fits in the data, or bad arguments.
+        ValueError: no cutoff fits in the data, more than ``max_folds`` folds, or bad arguments.
     """
     if window not in ("expanding", "sliding"):
         raise ValueError(f"window must be 'expanding' or 'sliding', got {window!r}")
@@ -101,6 +102,14 @@ def backtest(forecaster: Any, y: Any, X: Any = None, *, initial: Any, step: Any,
     horizon = _duration(horizon, kind, "horizon")
     first = min(df.index.min() for df in frames)
     last = max(df.index.max() for df in frames)
+    if isinstance(max_folds, bool) or not isinstance(max_folds, numbers.Integral) or max_folds < 1:
+        raise ValueError(f"max_folds must be a positive int, got {max_folds!r}")
+    room = (last - horizon) - (first + initial)
+    n_folds = int(np.floor(room / step)) + 1 if room >= room * 0 else 0
+    if n_folds > max_folds:
+        raise ValueError(f"backtest would run {n_folds:,} folds (from {first + initial} every {step} until "
+                         f"{last - horizon}), more than max_folds={max_folds:,}; each fold fits a forecaster. Use a "
+                         f"longer step, a later initial, or raise max_folds")
     cutoffs = []
     c = first + initial
     while c + horizon <= last:

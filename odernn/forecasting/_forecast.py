@@ -16,32 +16,40 @@ import pandas as pd
 import torch
 
 from . import _training as training
-from ._base import check_alpha, check_coverage
 from ._covariates import KNOWN_LEAD, read_covariates
-from ._intervals import Calibration
+from ._intervals import ROLLING_ORIGINS, ROLLING_SHARE, Calibration, IntervalMixin, calibration_origins, \
+    rolling_origins
 
-__all__ = ["ForecastMixin", "CALIBRATION_ORIGINS"]
+__all__ = ["ForecastMixin", "MAX_CAL_AHEAD"]
 
-CALIBRATION_ORIGINS = 24  # forecast origins per series in the held-out calibration part
+MAX_CAL_AHEAD = 2000  # rows forecast from each calibration origin
 
 
-class ForecastMixin:
+class ForecastMixin(IntervalMixin):
     """Forecasting methods of :class:`odernn.forecasting.ODERNNForecaster`."""
 
     # -- calibrate --------------------------------------------------------------------------------------------------
     def _calibrate(self, data: dict) -> None:
-        """Forecast the held-out end of every series from origins inside it; keep the scaled errors by distance."""
+        """Forecast every series from origins in its held-out end and (with rolling detrending) spread over the last
+        half of it, exactly as forecasts are made (the deterministic part refitted on the rows before each origin,
+        the network reading the context before it); keep the scaled signed errors by distance.
+
+        Origins before the held-out part let the calibration see many distinct stretches of data at long
+        distances (the trend's and level's extrapolation error), where the held-out end alone reuses its few
+        observations from every origin; the network has trained on those stretches, which matters mostly at short
+        distances, where the held-out origins dominate the bins."""
         dist, res = [], []
         L = self.context_length_
+        first = self._first_complete_rows()
         for s, h in enumerate(self._history_):
-            n, c = len(h["t"]), int(self._n_cal_[s])
-            if c == 0:
-                continue
-            first = max(n - c, 2)
-            origins = np.unique(np.linspace(first, n - 1, min(CALIBRATION_ORIGINS, n - first)).round().astype(int))
+            n = len(h["t"])
+            origins = calibration_origins(n, float(self.calibration_fraction))
+            if origins.size and self._rolling_:
+                origins = np.union1d(origins, rolling_origins(n, max(int(first[s]), L), ROLLING_SHARE,
+                                                              ROLLING_ORIGINS))
             jobs = []
             for e in origins:
-                ahead = np.flatnonzero(~np.isnan(h["y"][e:]).all(axis=1)) + e
+                ahead = np.flatnonzero(~np.isnan(h["y"][e:e + MAX_CAL_AHEAD]).all(axis=1)) + e
                 if len(ahead) == 0:
                     continue
                 d = self._fit_regression(h["t"][:e], h["y"][:e]) if self._rolling_ else self.regression_[s]
@@ -51,11 +59,12 @@ class ForecastMixin:
                 fut_c = h["c"][e:ahead[-1] + 1]
                 query = np.zeros(len(fut_t), dtype=bool)
                 query[ahead - e] = True
-                jobs.append((e, d, ctx, fut_t, fut_c, query))
+                lag = self._lag_values(s, fut_t, d, float(h["t"][e - 1])) if self._n_lag else None
+                jobs.append((e, d, ctx, fut_t, fut_c, query, lag))
             if not jobs:
                 continue
-            preds = self._residual_forecast(s, [j[2] for j in jobs], [(j[3], j[4], j[5]) for j in jobs])
-            for (e, d, _, fut_t, _, query), z in zip(jobs, preds):
+            preds = self._residual_forecast(s, [j[2] for j in jobs], [(j[3], j[4], j[5], j[6]) for j in jobs])
+            for (e, d, _, fut_t, _, query, _), z in zip(jobs, preds):
                 tq = fut_t[query]
                 yhat = d.predict(tq) + self.scale_[s] * z
                 truth = h["y"][e:e + len(fut_t)][query]
@@ -72,8 +81,9 @@ class ForecastMixin:
 
         Args:
             contexts: ``(t (L_i,), u (L_i, C))`` per forecast.
-            futures: ``(t (R_i,), c (R_i, p), query (R_i,))``: future rows (increasing, after the context),
-                covariates known there (NaN otherwise), and which rows are asked for.
+            futures: ``(t (R_i,), c (R_i, p), query (R_i,), lag (R_i, k_lag) or None)``: future rows
+                (increasing, after the context), covariates known there (NaN otherwise), which rows are asked for,
+                and the lag channels there.
 
         Returns:
             (n_query_i, k) arrays.
@@ -91,10 +101,10 @@ class ForecastMixin:
             uc = np.stack([contexts[i][1] for i in idx])
             t0 = tc[:, :1]
             obs = ~np.isnan(uc)
-            if not len(self.covariate_columns_):
+            if self._input_known() is None:
                 grids, picks = [], []
                 for i in idx:
-                    ft, _, q = futures[i]
+                    ft, _, q, _ = futures[i]
                     g, pk = self._grid(contexts[i][0][-1], ft[q])
                     grids.append(g)
                     picks.append(pk)
@@ -110,30 +120,37 @@ class ForecastMixin:
                 for j, i in enumerate(idx):
                     out[i] = fc[j][picks[j]]
             else:
-                p = len(self.covariate_columns_)
+                p, kl = len(self.covariate_columns_), self._n_lag
                 width = max(len(futures[i][0]) for i in idx)
                 R = tc.shape[1] + width
-                X = np.zeros((len(idx), R, k + p + 1))
-                M = np.zeros((len(idx), R, k + p + 1), dtype=bool)
+                X = np.zeros((len(idx), R, k + p + kl + 1))
+                M = np.zeros((len(idx), R, k + p + kl + 1), dtype=bool)
                 T = np.zeros((len(idx), R))
                 for j, i in enumerate(idx):
-                    ft, fc_, q = futures[i]
+                    ft, fc_, q, lag = futures[i]
                     L = tc.shape[1]
-                    X[j, :L, :k + p] = np.where(obs[j], uc[j], 0.0)
-                    M[j, :L, :k + p] = obs[j]
-                    cz = self.covariate_scaler_.transform(fc_)
-                    cobs = ~np.isnan(cz) & self._known_[None, :]
-                    X[j, L:L + len(ft), k:k + p] = np.where(cobs, cz, 0.0)
-                    M[j, L:L + len(ft), k:k + p] = cobs
+                    X[j, :L, :k + p + kl] = np.where(obs[j], uc[j], 0.0)
+                    M[j, :L, :k + p + kl] = obs[j]
+                    if p:
+                        cz = self.covariate_scaler_.transform(fc_)
+                        cobs = ~np.isnan(cz) & self._known_[None, :]
+                        X[j, L:L + len(ft), k:k + p] = np.where(cobs, cz, 0.0)
+                        M[j, L:L + len(ft), k:k + p] = cobs
+                    if kl:
+                        lobs = ~np.isnan(lag)
+                        X[j, L:L + len(ft), k + p:k + p + kl] = np.where(lobs, lag, 0.0)
+                        M[j, L:L + len(ft), k + p:k + p + kl] = lobs
                     X[j, L:L + len(ft), -1] = q
                     M[j, L:L + len(ft), -1] = q
                     T[j, :L] = tc[j]
                     T[j, L:L + len(ft)] = ft
                     T[j, L + len(ft):] = (ft[-1] if len(ft) else tc[j, -1]) + np.arange(1, R - L - len(ft) + 1)
                 t = torch.as_tensor(T - t0, dtype=torch.float32, device=device)
+                Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+                Mt = torch.as_tensor(M, device=device)
                 with torch.no_grad():
-                    pri = training.encode(model, torch.as_tensor(X, dtype=torch.float32, device=device), t,
-                                          torch.as_tensor(M, device=device))[0].double().cpu().numpy()
+                    pri = training.with_skip(model, training.encode(model, Xt, t, Mt)[0], Xt, Mt)
+                pri = pri.double().cpu().numpy()
                 for j, i in enumerate(idx):
                     q = futures[i][2]
                     L = tc.shape[1]
@@ -179,10 +196,17 @@ class ForecastMixin:
             ctx = (h["t"][lo:], self._channels(s, h["t"][lo:], h["y"][lo:], h["c"][lo:], self.regression_[s]))
             order = np.argsort(future[j], kind="stable")
             ft = future[j][order]
-            if xs is None:
-                fut = (ft, np.full((len(ft), len(self.covariate_columns_)), np.nan), np.ones(len(ft), dtype=bool))
+            if xs is None and self._n_lag:  # rows on the integration grid, the requested ones marked
+                grid, picks = self._grid(h["t"][-1], ft)
+                query = np.zeros(len(grid), dtype=bool)
+                query[picks] = True
+                rows = (grid, np.full((len(grid), len(self.covariate_columns_)), np.nan), query)
+            elif xs is None:
+                rows = (ft, np.full((len(ft), len(self.covariate_columns_)), np.nan), np.ones(len(ft), dtype=bool))
             else:
-                fut = self._covariate_rows(ft, h["t"][-1], *xs[j])
+                rows = self._covariate_rows(ft, h["t"][-1], *xs[j])
+            lag = self._lag_values(s, rows[0], self.regression_[s], h["t"][-1]) if self._n_lag else None
+            fut = (*rows, lag)
             z = self._residual_forecast(s, [ctx], [fut])[0]
             p = np.empty((len(ft), self.n_features_in_))
             p[order] = self.regression_[s].predict(ft) + self.scale_[s] * z
@@ -268,76 +292,3 @@ class ForecastMixin:
             which, indexes, _, preds = self._point(fh, X, relative, ids)
         frames = [pd.DataFrame(p, index=idx, columns=self.columns_) for p, idx in zip(preds, indexes)]
         return self._output(frames, which, point=True)
-
-    def _require_calibration(self) -> Calibration:
-        if self.calibration_ is None:
-            why = ("calibration_fraction=0" if not self.calibration_fraction else
-                   "too few held-out forecast errors (series with at least 20 rows and a calibration part giving "
-                   "30 errors are needed)")
-            raise ValueError(f"this forecaster has no calibrated intervals: {why}. Refit with calibration_fraction > "
-                             f"0 (e.g. 0.15) on longer series")
-        return self.calibration_
-
-    def _quantile_frames(self, fh: Any, X: Any, relative: Optional[bool], ids: Any,
-                         levels: list) -> tuple[list, list, list]:
-        cal = self._require_calibration()
-        with training.threads(self.num_threads):
-            which, indexes, future, preds = self._point(fh, X, relative, ids)
-        out = []
-        for s, f, p in zip(which, future, preds):
-            dist = (f - self._end_model_time_[s]) / self._typical_gap_
-            out.append([p + self.scale_[s] * cal.offsets(dist, q) for q in levels])
-        return which, indexes, out
-
-    def predict_quantiles(self, fh: Any, X: Any = None, *, alpha: Any = (0.05, 0.5, 0.95),
-                          relative: Optional[bool] = None, ids: Any = None):
-        """Quantile forecasts: the point forecast plus the split-conformal quantile of held-out errors at the same
-        forecast distance.
-
-        Args:
-            fh, X, relative, ids: as in :meth:`predict`.
-            alpha: quantile levels in (0, 1), strictly increasing.
-
-        Returns:
-            A DataFrame (per series, in the layout of ``fit``; a long fit gives rows indexed by (``unique_id``,
-            ``ds``)) with columns ``MultiIndex`` (variable, alpha), sktime's convention.
-
-        Raises:
-            ValueError: levels outside (0, 1) or not increasing; no calibration (``calibration_fraction=0``).
-        """
-        levels = check_alpha(alpha)
-        which, indexes, qs = self._quantile_frames(fh, X, relative, ids, levels)
-        cols = pd.MultiIndex.from_tuples([(c, a) for c in self.columns_ for a in levels])
-        frames = []
-        for idx, per in zip(indexes, qs):
-            data = np.stack(per, axis=2)  # (F, k, n_levels)
-            frames.append(pd.DataFrame(data.reshape(len(idx), -1), index=idx, columns=cols))
-        return self._output(frames, which, point=False)
-
-    def predict_interval(self, fh: Any, X: Any = None, *, coverage: Any = 0.9, relative: Optional[bool] = None,
-                         ids: Any = None):
-        """Central prediction intervals: quantiles ``(1 - c) / 2`` and ``(1 + c) / 2`` for each coverage ``c``.
-
-        Args:
-            fh, X, relative, ids: as in :meth:`predict`.
-            coverage: a float in (0, 1) or a list of them.
-
-        Returns:
-            A DataFrame with columns ``MultiIndex`` (variable, coverage, ``"lower"``/``"upper"``) (sktime's
-            convention), in the layout of ``fit`` (see :meth:`predict_quantiles`).
-        """
-        covs = check_coverage(coverage)
-        levels = sorted({lv for c in covs for lv in ((1 - c) / 2, (1 + c) / 2)})
-        which, indexes, qs = self._quantile_frames(fh, X, relative, ids, levels)
-        pos = {lv: i for i, lv in enumerate(levels)}
-        cols = pd.MultiIndex.from_tuples([(v, c, side) for v in self.columns_ for c in covs
-                                          for side in ("lower", "upper")])
-        frames = []
-        for idx, per in zip(indexes, qs):
-            data = []
-            for j in range(self.n_features_in_):
-                for c in covs:
-                    data.append(per[pos[(1 - c) / 2]][:, j])
-                    data.append(per[pos[(1 + c) / 2]][:, j])
-            frames.append(pd.DataFrame(np.stack(data, axis=1), index=idx, columns=cols))
-        return self._output(frames, which, point=False)

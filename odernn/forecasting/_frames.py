@@ -151,10 +151,76 @@ def read_panel(y: Any, *, columns: Optional[list] = None, origin: Any = None, wh
     return Panel(layout, ids, kept, times, values, kind, list(columns), name)
 
 
+#: float64 tells integers apart only up to 2**53; larger integer stamps collide.
+MAX_EXACT_INT = 2 ** 53
+#: values beyond this magnitude overflow float64 when squared and summed (scales, least squares).
+MAX_VALUE = 1e150
+#: pandas' nanosecond range, which the forecaster's stamps and offsets are computed in.
+NS_MIN, NS_MAX = pd.Timestamp.min, pd.Timestamp.max
+
+
+def _ns_range_error(where: str, lo: Any, hi: Any) -> ValueError:
+    return ValueError(f"{where} has stamps from {lo} to {hi}, outside pandas' nanosecond range "
+                      f"({NS_MIN.date()} to {NS_MAX.date()}) that the forecaster computes "
+                      f"times in; shift the stamps into that range (e.g. add a fixed number of years) or use a numeric "
+                      f"index (e.g. years as floats)")
+
+
+def check_frame(df: pd.DataFrame, kind: str, where: str) -> None:
+    """Refuse what would be silently misread: datetime-like or complex value columns, integer stamps beyond 2**53,
+    datetime stamps outside pandas' nanosecond range.
+
+    Raises:
+        TypeError: a datetime-like or complex column.
+        ValueError: integer stamps beyond 2**53, stamps outside 1677-2262.
+    """
+    for c in df.columns:
+        dt = df[c].dtype
+        if pd.api.types.is_datetime64_any_dtype(dt) or pd.api.types.is_timedelta64_dtype(dt) or \
+                isinstance(dt, pd.PeriodDtype):
+            hint = (f"; the index is a {type(df.index).__name__} of row numbers, so index the frame by its time "
+                    f"column: y.set_index({c!r})" if isinstance(df.index, pd.RangeIndex) else
+                    f"; drop it or index the frame by it: y.set_index({c!r})")
+            raise TypeError(f"{where}: column {c!r} holds {dt} values, which are times, not a variable to "
+                            f"forecast{hint}")
+        if pd.api.types.is_complex_dtype(dt):
+            raise TypeError(f"{where}: column {c!r} is complex ({dt}); the forecaster takes real values: pass the "
+                            f"real and imaginary parts as two columns (y[{c!r}].to_numpy().real / .imag)")
+    idx = df.index
+    if kind == "numeric" and pd.api.types.is_integer_dtype(idx.dtype) and len(idx):
+        big = max(abs(int(idx.min())), abs(int(idx.max())))
+        if big > MAX_EXACT_INT:
+            raise ValueError(f"{where}: the index holds integers up to {big}, beyond 2**53 = {MAX_EXACT_INT}, where "
+                             f"float64 times (which the model uses) can no longer tell neighbouring integers apart; "
+                             f"subtract an offset first (y.index = y.index - y.index[0]) or convert epoch "
+                             f"nanoseconds to a DatetimeIndex (pd.to_datetime(y.index))")
+    if kind == "datetime" and len(idx):
+        lo, hi = idx.min(), idx.max()
+        naive = [x.tz_convert(None) if x.tz is not None else x for x in (lo, hi)]
+        if naive[0] < NS_MIN or naive[1] > NS_MAX:
+            raise _ns_range_error(where, lo, hi)
+
+
+def check_magnitude(v: np.ndarray, where: str) -> None:
+    """Refuse values whose squares overflow float64 (the residual scale and the least squares square them)."""
+    if v.size and np.isfinite(v).any():
+        big = float(np.nanmax(np.abs(v)))
+        if big > MAX_VALUE:
+            raise ValueError(f"{where}: values reach {big:.3g} in magnitude; beyond {MAX_VALUE:.0e} their squares "
+                             f"overflow float64 (the forecaster's scale would be inf). Rescale the data first, e.g. "
+                             f"divide by 10**{int(np.floor(np.log10(big)))} and multiply the forecasts back")
+
+
 def frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
                   allow_empty: bool) -> tuple[np.ndarray, np.ndarray, pd.Index]:
     """Validated (times as float64: seconds since ``origin`` for datetimes, else the numbers; values with NaN; kept
-    index labels). Rows with every value NaN are dropped."""
+    index labels). Rows with every value NaN are dropped.
+
+    Raises:
+        TypeError, ValueError: see :func:`check_frame`, :func:`check_magnitude` and
+            :meth:`odernn.data.IrregularSeriesDataset.from_frame`.
+    """
+    check_frame(df, kind, where)
     keep = ~df.isna().all(axis=1).to_numpy()
     if allow_empty and not keep.any():
         if kind == "datetime":
@@ -168,7 +234,37 @@ def frame_arrays(df: pd.DataFrame, kind: str, origin: Any, where: str,
     except (TypeError, ValueError) as e:
         raise type(e)(f"{where}: {e}") from e
     t, v = ds.series_arrays(0)
+    check_magnitude(v, where)
     return t, v, df.index[keep]
+
+
+def fixed_duration(d: Any, what: str) -> pd.Timedelta:
+    """A duration from a ``pd.Timedelta``, a duration string (``"365D"``, ``"24h"``) or a pandas frequency alias
+    of fixed length (``"D"``, ``"h"``, ``"W"``, ``"2W"``, ``"30min"``; a week is seven days whatever its anchor).
+
+    Raises:
+        ValueError: not a duration, or an alias of varying length (months, years, business days).
+    """
+    try:
+        return pd.Timedelta(d)
+    except (TypeError, ValueError):
+        pass
+    if isinstance(d, str):
+        try:
+            off = pd.tseries.frequencies.to_offset(d)
+        except (TypeError, ValueError):
+            off = None
+        if isinstance(off, pd.offsets.Week):
+            return pd.Timedelta(days=7 * off.n)
+        if off is not None:
+            try:
+                return pd.Timedelta(off.nanos, unit="ns")
+            except (TypeError, ValueError, AttributeError):
+                raise ValueError(f"{what}: {d!r} is a pandas frequency of varying length (months, years and business "
+                                 f"days differ in length); give a fixed duration such as '365.2425D' for a year or "
+                                 f"'30.436875D' for a mean month") from None
+    raise ValueError(f"{what} must be a duration such as pd.Timedelta(days=365), '365D', '24h' or a fixed pandas "
+                     f"alias ('D', 'W', 'h'), got {d!r}")
 
 
 def _as_timedelta(unit: Any) -> pd.Timedelta:
@@ -255,21 +351,33 @@ class TimeAxis:
             if isinstance(d, numbers.Real) and not isinstance(d, bool):
                 raise TypeError(f"{what} must be a duration such as pd.Timedelta(days=365) or '365D' for a "
                                 f"DatetimeIndex, got the number {d!r}")
-            try:
-                td = pd.Timedelta(d)
-            except (TypeError, ValueError):
-                raise ValueError(f"{what} must be a duration such as pd.Timedelta(days=365) or '365D', got "
-                                 f"{d!r}") from None
-            return td.value / float(self.unit.value)
+            return fixed_duration(d, what).value / float(self.unit.value)
         if isinstance(d, bool) or not isinstance(d, numbers.Real):
             raise TypeError(f"{what} must be a number (in the index's units) for a numeric index, got {d!r}")
         return float(d) / self.unit
 
 
+def _parse_strings(values: list) -> tuple[str, Any]:
+    """Strings as pandas reads them: ISO dates / timestamps (``"2024-01-31"``, ``"2024-01-31 12:00"``), else
+    durations (``"7D"``, ``"12h"``)."""
+    try:
+        return "datetime", pd.DatetimeIndex(pd.to_datetime(values, format="ISO8601"))
+    except (TypeError, ValueError, OverflowError):
+        pass
+    try:
+        return "timedelta", pd.TimedeltaIndex(pd.to_timedelta(values))
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise TypeError(f"fh holds strings that pandas reads neither as timestamps nor as durations, e.g. {values[0]!r}; "
+                    f"pass ISO dates such as '2024-01-31' or '2024-01-31 12:00', durations such as '7D', or numbers")
+
+
 def _classify_fh(fh: Any) -> tuple[str, Any]:
     """('datetime', DatetimeIndex) | ('timedelta', TimedeltaIndex) | ('numeric', float64 array)."""
-    if isinstance(fh, (str, bytes)):
-        raise TypeError(f"fh must be timestamps or offsets, got the string {fh!r}; convert it with pd.to_datetime")
+    if isinstance(fh, bytes):
+        raise TypeError(f"fh must be timestamps or offsets, got bytes {fh!r}")
+    if isinstance(fh, str):
+        fh = [fh]
     if isinstance(fh, (numbers.Number, pd.Timestamp, pd.Timedelta, _dt.datetime, _dt.timedelta, np.datetime64,
                        np.timedelta64, _dt.date)):
         fh = [fh]
@@ -298,10 +406,15 @@ def _classify_fh(fh: Any) -> tuple[str, Any]:
             raise ValueError("fh contains NaT; every offset must be a valid duration")
         return "timedelta", idx
     if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
+        if inferred == "integer" and max(abs(int(v)) for v in fh) > MAX_EXACT_INT:
+            raise ValueError(f"fh holds integers beyond 2**53 = {MAX_EXACT_INT} (e.g. {max(fh, key=abs)}), which "
+                             f"float64 times cannot tell apart; use the same offset-shifted index as in fit")
         arr = np.asarray(fh, dtype=np.float64)
         if not np.isfinite(arr).all():
             raise ValueError("fh contains NaN or inf; every forecast stamp must be finite")
         return "numeric", arr
+    if inferred == "string":
+        return _parse_strings(list(fh))
     if inferred == "boolean":
         raise TypeError("fh holds booleans; pass future timestamps or positive offsets")
     values = list(fh)
@@ -318,6 +431,17 @@ def _classify_fh(fh: Any) -> tuple[str, Any]:
 
 def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray,
              series_end: Sequence[Any], check: Optional[Any] = None) -> tuple[np.ndarray, list]:
+    """:func:`_parse_fh`, with stamps outside pandas' nanosecond range reported in the user's terms."""
+    try:
+        return _parse_fh(fh, relative, axis, ends, series_end, check)
+    except (pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta, OverflowError):
+        raise ValueError(f"fh reaches outside pandas' nanosecond range ({NS_MIN.date()} to "
+                         f"{NS_MAX.date()}), in which the forecaster computes stamps and offsets; ask for "
+                         f"stamps inside it") from None
+
+
+def _parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray,
+              series_end: Sequence[Any], check: Optional[Any] = None) -> tuple[np.ndarray, list]:
     """Model times ``(n_series, F)`` of the requested stamps and each series' output index.
 
     Args:
@@ -331,7 +455,11 @@ def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray
     """
     if relative not in (None, True, False):
         raise TypeError(f"relative must be None, True or False, got {relative!r}")
+    strings = isinstance(fh, str) or (isinstance(fh, (list, tuple, np.ndarray, pd.Index)) and len(fh) > 0
+                                      and all(isinstance(x, str) for x in fh))
     kind, vals = _classify_fh(fh)
+    if strings and kind == "datetime" and vals.tz is None and axis.kind == "datetime" and axis.origin.tz is not None:
+        vals = vals.tz_localize(axis.origin.tz)  # strings are read in the training index's time zone
     n = len(ends)
     if kind == "datetime":
         if axis.kind != "datetime":
@@ -369,7 +497,7 @@ def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray
         indexes = [pd.Index(vals)] * n
         absolute = True
     if absolute:
-        past = future <= ends[:, None] + 1e-9
+        past = future <= ends[:, None]
         if past.any():
             s = int(past.any(axis=1).nonzero()[0][0])
             bad = indexes[s][past[s]]
@@ -386,5 +514,36 @@ def parse_fh(fh: Any, relative: Optional[bool], axis: TimeAxis, ends: np.ndarray
         future = ends[:, None] + offsets[None, :]
         if check is not None:
             check(future)
+        _check_resolution(future, ends, axis, series_end)
         indexes = [axis.offset_index(series_end[s], offsets) for s in range(n)]
+    _check_resolution(future, ends, axis, series_end)
     return future, indexes
+
+
+#: the finest time separation the forecaster resolves, in model units (its stamps go to float32 relative to the
+#: context's first stamp; known covariates are fed 1e-3 units before their stamp).
+MIN_SEPARATION = 1e-3
+
+
+def _check_resolution(future: np.ndarray, ends: np.ndarray, axis: TimeAxis, series_end: Sequence[Any]) -> None:
+    """Refuse requested stamps closer to the series' end or to each other than the model resolves."""
+    for s in range(len(ends)):
+        f = np.sort(future[s])
+        pts = np.concatenate([[ends[s]], f])
+        need = np.maximum(MIN_SEPARATION, 1e-6 * np.abs(pts[1:] - ends[s]))
+        close = np.diff(pts) < need
+        if close.any():
+            i = int(np.argmax(close))
+            res = (axis.unit * MIN_SEPARATION).round("ms") if axis.kind == "datetime" else MIN_SEPARATION * axis.unit
+            what = (f"the end of the series ({series_end[s]})" if i == 0 else "the previous requested stamp")
+            raise ValueError(f"fh asks for a stamp {_fmt_gap(axis, pts[i + 1] - pts[i])} after {what}; the "
+                             f"forecaster resolves times to about {res} (1e-3 of its time unit, time_unit_ = "
+                             f"{axis.unit}), so such a forecast would equal the last one. Request stamps at least "
+                             f"{res} apart and after the end of the series")
+
+
+def _fmt_gap(axis: TimeAxis, d: float) -> str:
+    if axis.kind == "datetime":
+        td = pd.Timedelta(int(round(d * axis.unit.value)), unit="ns")
+        return str(td.round("ms") if td >= pd.Timedelta("1ms") else td)
+    return f"{d * axis.unit:.3g}"

@@ -14,25 +14,58 @@ guarantee of exchangeable errors holds only approximately; the tests measure the
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["Calibration", "conformal_quantile"]
+__all__ = ["Calibration", "conformal_quantile", "resolvable", "highest_coverage", "IntervalMixin",
+           "CalibrationWarning"]
+
+class CalibrationWarning(UserWarning):
+    """A requested interval or quantile lies beyond what the held-out errors resolve (it is extrapolated)."""
+
 
 MIN_PER_BIN = 30
+TAIL_SHARE = 0.1  # share of the errors on one side that fit the exponential tail
+
+
+def resolvable(n: int, q: float) -> bool:
+    """Whether ``n`` errors resolve the conformal quantile at level ``q`` (its order statistic exists)."""
+    if q >= 0.5:
+        return math.ceil((n + 1) * q) <= n
+    return math.floor((n + 1) * q) >= 1
+
+
+def highest_coverage(n: int) -> float:
+    """The highest central coverage ``c`` whose two quantiles ``n`` errors resolve: ``(n - 1) / (n + 1)``."""
+    return (n - 1) / (n + 1)
 
 
 def conformal_quantile(r: np.ndarray, q: float) -> np.ndarray:
-    """Finite-sample conformal quantile of ``r`` (n, k) at level ``q``, per column -> (k,)."""
+    """Finite-sample conformal quantile of ``r`` (n, k) at level ``q``, per column -> (k,).
+
+    Levels beyond the most extreme error (``q > n / (n + 1)`` or ``q < 1 / (n + 1)``) are extrapolated with an
+    exponential tail fitted to the ``TAIL_SHARE`` most extreme errors on that side (at least 3): with ``u`` the
+    threshold and ``theta`` the mean excess over it, ``Q(q) = u + theta * log(p_u / (1 - q))``, where ``p_u`` is
+    the share of errors beyond ``u`` (mirrored below the median). So a higher level always gives a wider quantile.
+    """
     n = r.shape[0]
     s = np.sort(r, axis=0)
+    if resolvable(n, q):
+        i = math.ceil((n + 1) * q) - 1 if q >= 0.5 else math.floor((n + 1) * q) - 1
+        return s[i]
+    m = max(3, math.ceil(TAIL_SHARE * n))
+    m = min(m, n - 1)
     if q >= 0.5:
-        i = min(n, math.ceil((n + 1) * q)) - 1
-    else:
-        i = max(1, math.floor((n + 1) * q)) - 1
-    return s[i]
+        u, top = s[n - m - 1], s[n - m:]
+        theta = np.maximum((top - u).mean(axis=0), 0.0)
+        return np.maximum(s[-1], u + theta * math.log((m / (n + 1)) / (1 - q)))
+    u, bottom = s[m], s[:m]
+    theta = np.maximum((u - bottom).mean(axis=0), 0.0)
+    return np.minimum(s[0], u - theta * math.log((m / (n + 1)) / q))
 
 
 @dataclass
@@ -98,6 +131,20 @@ class Calibration:
             out[j] = conformal_quantile(col[:, None], q)[0] if len(col) else np.nan
         return out
 
+    def check_levels(self, levels: list, owner: str) -> None:
+        """Warn (:class:`CalibrationWarning`) when a level lies beyond what the smallest bin resolves."""
+        sizes = [int((~np.isnan(r).all(axis=1)).sum()) for r in self.residuals]
+        n = min(sizes)
+        beyond = [q for q in levels if not resolvable(n, q)]
+        if beyond:
+            warnings.warn(
+                f"{owner}: quantile level(s) {[round(q, 6) for q in beyond]} lie beyond what the calibration resolves: "
+                f"the smallest forecast-distance bin holds {n} held-out errors, which support central coverage up "
+                f"to {highest_coverage(n):.3f} (quantile levels {1 / (n + 1):.4f} to {n / (n + 1):.4f}). These "
+                f"levels are extrapolated with an exponential tail fitted to the most extreme errors (see "
+                f"odernn.forecasting._intervals.conformal_quantile); raise calibration_fraction or use longer series "
+                f"for empirical ones", CalibrationWarning, stacklevel=4)
+
     @property
     def max_distance(self) -> float:
         return float(self.edges[-1])
@@ -108,3 +155,120 @@ class Calibration:
     @classmethod
     def from_state(cls, state: dict) -> "Calibration":
         return cls(np.asarray(state["edges"]), [np.asarray(r) for r in state["residuals"]])
+
+
+CALIBRATION_ORIGINS = 24  # forecast origins per series in the held-out calibration part
+MIN_CAL_ROWS = 20  # series with fewer rows are not used for calibration
+ROLLING_SHARE = 0.5  # the deterministic part's calibration origins spread over the last half of every series
+ROLLING_ORIGINS = 48
+
+
+def rolling_origins(n: int, first: int, share: float, count: int) -> np.ndarray:
+    """Up to ``count`` origins spread evenly over the last ``share`` of ``n`` rows, none before row ``first``."""
+    lo = max(int(first), int(round(n * (1 - share))), 2)
+    if lo >= n:
+        return np.zeros(0, dtype=int)
+    return np.unique(np.linspace(lo, n - 1, min(count, n - lo)).round().astype(int))
+
+
+def calibration_origins(n: int, fraction: float) -> np.ndarray:
+    """Forecast origins (row counts: the history is rows ``[0, e)``) inside the last ``fraction`` of ``n`` rows,
+    at most ``CALIBRATION_ORIGINS``, evenly spaced; none for short series or ``fraction=0``."""
+    c = int(round(fraction * n)) if fraction > 0 and n >= MIN_CAL_ROWS else 0
+    if c == 0:
+        return np.zeros(0, dtype=int)
+    first = max(n - c, 2)
+    return np.unique(np.linspace(first, n - 1, min(CALIBRATION_ORIGINS, n - first)).round().astype(int))
+
+
+class IntervalMixin:
+    """``predict_quantiles`` and ``predict_interval`` from a :class:`Calibration` (``calibration_``), for a
+    forecaster that provides ``_point(fh, X, relative, ids)``, ``scale_``, ``_end_model_time_``, ``_typical_gap_``,
+    ``num_threads`` and ``_output``."""
+
+    def _require_calibration(self) -> Calibration:
+        self._check_fitted()
+        if self.calibration_ is None:
+            why = ("calibration_fraction=0" if not self.calibration_fraction else
+                   "too few held-out forecast errors (series with at least 20 rows and a calibration part giving "
+                   "30 errors are needed)")
+            raise ValueError(f"this forecaster has no calibrated intervals: {why}. Refit with calibration_fraction > "
+                             f"0 (e.g. 0.15) on longer series")
+        return self.calibration_
+
+    def _quantile_frames(self, fh: Any, X: Any, relative: Optional[bool], ids: Any,
+                         levels: list) -> tuple[list, list, list]:
+        from ._training import threads
+
+        cal = self._require_calibration()
+        cal.check_levels(levels, type(self).__name__)
+        with threads(getattr(self, "num_threads", None)):
+            which, indexes, future, preds = self._point(fh, X, relative, ids)
+        out = []
+        for s, f, p in zip(which, future, preds):
+            dist = (f - self._end_model_time_[s]) / self._typical_gap_
+            out.append([p + self.scale_[s] * cal.offsets(dist, q) for q in levels])
+        return which, indexes, out
+
+    def predict_quantiles(self, fh: Any, X: Any = None, *, alpha: Any = (0.05, 0.5, 0.95),
+                          relative: Optional[bool] = None, ids: Any = None):
+        """Quantile forecasts: the point forecast plus the split-conformal quantile of held-out errors at the same
+        forecast distance.
+
+        Args:
+            fh, X, relative, ids: as in ``predict``.
+            alpha: quantile levels in (0, 1), strictly increasing. Levels beyond what the held-out errors resolve
+                are extrapolated by an exponential tail, with a :class:`CalibrationWarning`.
+
+        Returns:
+            A DataFrame (per series, in the layout of ``fit``; a long fit gives rows indexed by (``unique_id``,
+            ``ds``)) with columns ``MultiIndex`` (variable, alpha), sktime's convention.
+
+        Raises:
+            NotFittedError: before ``fit``.
+            ValueError: levels outside (0, 1) or not increasing; no calibration (``calibration_fraction=0``).
+        """
+        from ._base import check_alpha
+
+        levels = check_alpha(alpha)
+        which, indexes, qs = self._quantile_frames(fh, X, relative, ids, levels)
+        cols = pd.MultiIndex.from_tuples([(c, a) for c in self.columns_ for a in levels])
+        frames = []
+        for idx, per in zip(indexes, qs):
+            data = np.stack(per, axis=2)  # (F, k, n_levels)
+            frames.append(pd.DataFrame(data.reshape(len(idx), -1), index=idx, columns=cols))
+        return self._output(frames, which, point=False)
+
+    def predict_interval(self, fh: Any, X: Any = None, *, coverage: Any = 0.9, relative: Optional[bool] = None,
+                         ids: Any = None):
+        """Central prediction intervals: quantiles ``(1 - c) / 2`` and ``(1 + c) / 2`` for each coverage ``c``.
+
+        Args:
+            fh, X, relative, ids: as in ``predict``.
+            coverage: a float in (0, 1) or a list of them.
+
+        Returns:
+            A DataFrame with columns ``MultiIndex`` (variable, coverage, ``"lower"``/``"upper"``) (sktime's
+            convention), in the layout of ``fit`` (see :meth:`predict_quantiles`).
+
+        Raises:
+            NotFittedError: before ``fit``.
+            ValueError: a coverage outside (0, 1); no calibration.
+        """
+        from ._base import check_coverage
+
+        covs = check_coverage(coverage)
+        levels = sorted({lv for c in covs for lv in ((1 - c) / 2, (1 + c) / 2)})
+        which, indexes, qs = self._quantile_frames(fh, X, relative, ids, levels)
+        pos = {lv: i for i, lv in enumerate(levels)}
+        cols = pd.MultiIndex.from_tuples([(v, c, side) for v in self.columns_ for c in covs
+                                          for side in ("lower", "upper")])
+        frames = []
+        for idx, per in zip(indexes, qs):
+            data = []
+            for j in range(self.n_features_in_):
+                for c in covs:
+                    data.append(per[pos[(1 - c) / 2]][:, j])
+                    data.append(per[pos[(1 + c) / 2]][:, j])
+            frames.append(pd.DataFrame(np.stack(data, axis=1), index=idx, columns=cols))
+        return self._output(frames, which, point=False)

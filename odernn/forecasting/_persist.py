@@ -182,14 +182,31 @@ def load_forecaster(cls: type, path: Any, *, trusted: bool = False) -> Any:
                          f"with torch.load, or pass a file written by {cls.__name__}.save")
     if payload.get("class") != cls.__name__:
         raise ValueError(f"{path!r} holds a {payload.get('class')}, not a {cls.__name__}")
-    if payload.get("version", 0) > VERSION:
-        raise ValueError(f"{path!r} was written by a newer odernn (format version {payload['version']}); upgrade")
+    version = payload.get("version", 0)
+    if isinstance(version, str) and version.strip().isdigit():
+        version = int(version.strip())  # a hand-edited file may hold the version as text
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{path!r} is damaged: field 'version' is {version!r}, expected an integer format version "
+                         f"(this odernn writes {VERSION})")
+    if version > VERSION:
+        raise ValueError(f"{path!r} was written by a newer odernn (format version {version}); upgrade")
     try:
         doc = json.loads(payload["json"])
         arrays = payload["arrays"]
         est = cls(**_dec(doc["params"], arrays))
         for k, v in doc["fitted"].items():
             setattr(est, k, _dec(v, arrays))
+        if hasattr(est, "_validate_params"):
+            try:
+                est._validate_params()
+            except (TypeError, ValueError) as e:
+                raise _Damaged(f"its parameters are invalid: {e}") from None
+        if doc["fitted"]:
+            if "_orders_" not in doc["fitted"] and "_periods_" in doc["fitted"]:  # format 1: one order for all
+                est._orders_ = [int(est.fourier_order)] * len(est._periods_)
+            if "trend_degree_" not in doc["fitted"] and "_periods_" in doc["fitted"]:  # format 1: from detrend
+                est.trend_degree_ = 0 if est.detrend is False else 1
+            validate_fitted(est, bool(payload["weights"]))
         if "index_kind_" in doc["fitted"]:
             est._axis_ = TimeAxis(est.index_kind_, est.time_unit_, est.time_origin_)
         if payload["weights"]:
@@ -197,7 +214,128 @@ def load_forecaster(cls: type, path: Any, *, trusted: bool = False) -> Any:
             model.load_state_dict(payload["weights"])
             model.eval()
             est.model_ = model
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except _Damaged as e:
+        raise ValueError(f"{path!r} is damaged: {e}; save the forecaster again or refit it") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
         raise ValueError(f"{path!r} is damaged: its content does not rebuild a {cls.__name__} ({type(e).__name__}: "
                          f"{e})") from None
     return est
+
+
+class _Damaged(Exception):
+    """A field of a forecaster file fails validation (the message names it)."""
+
+
+def _need(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise _Damaged(f"field {name!r} is {shown}, expected {expected}")
+
+
+def _is_int(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= lo
+
+
+def _is_pos(v: Any) -> bool:
+    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+
+
+def _array(v: Any, shape: tuple, name: str, finite: bool = True) -> None:
+    ok = isinstance(v, np.ndarray) and v.ndim == len(shape) and all(a is None or a == b for a, b in
+                                                                    zip(shape, v.shape))
+    _need(ok, name, getattr(v, "shape", v), f"an array of shape {tuple('n' if a is None else a for a in shape)}")
+    if finite and v.dtype.kind == "f":
+        _need(bool(np.isfinite(v).all()), name, "an array with NaN or inf", "finite values")
+
+
+def validate_fitted(est: Any, has_weights: bool) -> None:
+    """Check the fitted state read from a file: required fields, their types, shapes and ranges, and their
+    agreement with each other (series counts, feature counts). Raises ``_Damaged`` naming the first bad field."""
+    d = vars(est)
+    need = ["index_kind_", "layout_", "columns_", "n_features_in_", "series_ids_", "series_end_", "time_unit_",
+            "time_origin_", "_history_", "regression_", "scale_", "_end_model_time_", "_typical_gap_", "_periods_",
+            "_orders_", "trend_degree_"]
+    if has_weights:
+        need += ["context_length_", "horizon_", "_model_config_", "solver_", "covariate_columns_", "_known_",
+                 "calibration_", "_rolling_"]
+    for name in need:
+        _need(name in d, name, "missing", "a value (the file lacks it)")
+    _need(est.index_kind_ in ("datetime", "numeric"), "index_kind_", est.index_kind_, "'datetime' or 'numeric'")
+    _need(est.layout_ in ("series", "frame", "list", "long"), "layout_", est.layout_,
+          "'series', 'frame', 'list' or 'long'")
+    _need(isinstance(est.columns_, list) and len(est.columns_) > 0, "columns_", est.columns_, "a non-empty list")
+    _need(_is_int(est.trend_degree_) and est.trend_degree_ <= 3, "trend_degree_", est.trend_degree_,
+          "an int in [0, 3]")
+    k = len(est.columns_)
+    _need(_is_int(est.n_features_in_, 1) and est.n_features_in_ == k, "n_features_in_", est.n_features_in_,
+          f"{k} (the number of columns_)")
+    _need(isinstance(est.series_ids_, list) and len(est.series_ids_) > 0, "series_ids_", est.series_ids_,
+          "a non-empty list")
+    n = len(est.series_ids_)
+    if est.index_kind_ == "datetime":
+        _need(isinstance(est.time_unit_, pd.Timedelta) and est.time_unit_ > pd.Timedelta(0), "time_unit_",
+              est.time_unit_, "a positive pd.Timedelta")
+        _need(isinstance(est.time_origin_, pd.Timestamp), "time_origin_", est.time_origin_, "a pd.Timestamp")
+    else:
+        _need(_is_pos(est.time_unit_), "time_unit_", est.time_unit_, "a positive number")
+        _need(isinstance(est.time_origin_, (int, float)) and np.isfinite(est.time_origin_), "time_origin_",
+              est.time_origin_, "a finite number")
+    _need(isinstance(est.series_end_, list) and len(est.series_end_) == n, "series_end_", est.series_end_,
+          f"a list of {n} stamps (one per series)")
+    _need(_is_pos(est._typical_gap_), "_typical_gap_", est._typical_gap_, "a positive number")
+    _need(isinstance(est._periods_, list) and all(_is_pos(p) for p in est._periods_), "_periods_", est._periods_,
+          "a list of positive numbers")
+    _need(isinstance(est._orders_, list) and len(est._orders_) == len(est._periods_) and
+          all(_is_int(o, 1) for o in est._orders_), "_orders_", est._orders_,
+          f"a list of {len(est._periods_)} positive ints (one per period)")
+    _need(isinstance(est.regression_, list) and len(est.regression_) == n and
+          all(isinstance(r, Deterministic) for r in est.regression_), "regression_", type(est.regression_).__name__,
+          f"a list of {n} fitted regressions")
+    for i, r in enumerate(est.regression_):
+        n_terms = (r.degree + 1) + 2 * sum(int(o) for o in (r.used_orders if r.used_orders is not None
+                                                             else [r.order] * len(r.used_periods)))
+        _array(r.coef, (n_terms, k), f"regression_[{i}].coef")
+    _array(est.scale_, (n, k), "scale_")
+    _need(bool((est.scale_ > 0).all()), "scale_", est.scale_, "positive scales")
+    _array(est._end_model_time_, (n,), "_end_model_time_")
+    _need(isinstance(est._history_, list) and len(est._history_) == n, "_history_", type(est._history_).__name__,
+          f"a list of {n} series")
+    for i, h in enumerate(est._history_):
+        if isinstance(h, tuple):  # SeasonalRegression: (t, values)
+            t, v = h
+        else:
+            _need(isinstance(h, dict) and {"t", "y", "c"} <= set(h), f"_history_[{i}]", h,
+                  "a dict with arrays t, y, c")
+            t, v = h["t"], h["y"]
+        _array(t, (None,), f"_history_[{i}] times")
+        _need(len(t) >= 1 and bool((np.diff(t) > 0).all()), f"_history_[{i}] times", "not increasing",
+              "strictly increasing times")
+        _array(v, (len(t), k), f"_history_[{i}] values", finite=False)
+    cal = d.get("calibration_")
+    if cal is not None:
+        _need(isinstance(cal, Calibration) and len(cal.edges) == len(cal.residuals) + 1 and
+              bool((np.diff(cal.edges) > 0).all()) and len(cal.residuals) > 0, "calibration_", cal,
+              "a calibration with increasing bin edges and one error array per bin")
+        for j, r in enumerate(cal.residuals):
+            _array(r, (None, k), f"calibration_.residuals[{j}]", finite=False)
+    if not has_weights:
+        return
+    _need(_is_int(est.context_length_, 1), "context_length_", est.context_length_, "an int >= 1")
+    _need(_is_int(est.horizon_, 1), "horizon_", est.horizon_, "an int >= 1")
+    _need(isinstance(est.solver_, Solver), "solver_", est.solver_, "an odernn.Solver")
+    cfg = est._model_config_
+    p = len(est.covariate_columns_)
+    lag = d.get("_lag_period_")
+    _need(lag is None or _is_pos(lag), "_lag_period_", lag, "None or a positive number")
+    kl = k if lag else 0
+    size = k + (p + kl + 1 if p or kl else 0)
+    _need(isinstance(cfg, dict) and cfg.get("output_size") == k and cfg.get("input_size") == size and
+          _is_int(cfg.get("hidden_size"), 1), "_model_config_", cfg,
+          f"a dict with output_size {k}, input_size {size} and a positive hidden_size")
+    _array(est._known_, (p,), "_known_")
+    _need(est._known_.dtype == bool, "_known_", est._known_.dtype, "a boolean array")
+    if p:
+        _need(isinstance(d.get("covariate_scaler_"), Scaler), "covariate_scaler_", d.get("covariate_scaler_"),
+              "a fitted scaler (the forecaster has covariates)")
+    _need(isinstance(est._rolling_, bool), "_rolling_", est._rolling_, "True or False")

@@ -26,20 +26,24 @@ from torch import Tensor
 
 from .. import ODERNN, SolverError, nfe_counter
 
-__all__ = ["threads", "encode", "masked_mse", "window_loss", "Batch", "make_batch", "batch_predictions", "train",
+__all__ = ["threads", "encode", "add_seasonal_skip", "with_skip", "masked_mse", "window_loss", "Batch", "make_batch", "batch_predictions", "train",
            "TrainSettings"]
 
 
 @contextlib.contextmanager
 def threads(n: Optional[int]):
-    """torch's intra-op threads set to ``n`` inside the block (None: unchanged), restored after."""
+    """torch's intra-op threads and the BLAS threads of numpy's least squares (through threadpoolctl, a
+    scikit-learn dependency) set to ``n`` inside the block (None: unchanged), restored after."""
     if n is None:
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     old = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
-        yield
+        with threadpool_limits(limits=int(n)):
+            yield
     finally:
         torch.set_num_threads(old)
 
@@ -53,6 +57,25 @@ def encode(model: ODERNN, x: Tensor, t: Tensor, m: Tensor, t_future: Optional[Te
     enc = model.encode(x, t, m)
     fut = model.extrapolate(enc, t_future) if t_future is not None else None
     return (enc.priors if priors else None), fut
+
+
+def add_seasonal_skip(model: ODERNN, channels: tuple) -> None:
+    """Give ``model`` a seasonal skip: a learned per-target multiple (parameter ``seasonal_skip`` (k,), starting at
+    0, saved with the weights) of the lag channels ``channels = (start, stop)`` of each row, added to the
+    prediction made for that row (:func:`with_skip`)."""
+    k = channels[1] - channels[0]
+    model.register_parameter("seasonal_skip", torch.nn.Parameter(torch.zeros(k)))
+    model.lag_channels = tuple(int(c) for c in channels)
+
+
+def with_skip(model: ODERNN, pred: Tensor, x: Tensor, m: Tensor) -> Tensor:
+    """``pred`` (B, T, k) of the rows of input ``x``, ``m`` (B, T, C) plus the seasonal skip (where the lag is
+    known); unchanged for a model without one."""
+    skip = getattr(model, "seasonal_skip", None)
+    if skip is None:
+        return pred
+    a, b = model.lag_channels
+    return pred + skip * x[..., a:b] * m[..., a:b].to(pred.dtype)
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -116,7 +139,7 @@ def window_loss(model: ODERNN, b: Batch) -> Tensor:
         priors, fc = encode(model, b.x, b.t, b.m, b.t_future)
         one_step = masked_mse(priors[:, 1:], b.x[:, 1:], b.m[:, 1:])
         return one_step + masked_mse(fc, b.target, b.target_mask)
-    priors, _ = encode(model, b.x, b.t, b.m)
+    priors = with_skip(model, encode(model, b.x, b.t, b.m)[0], b.x, b.m)
     one_step = masked_mse(priors[:, 1:L], b.target[:, 1:L], b.target_mask[:, 1:L])
     return one_step + masked_mse(priors[:, L:], b.target[:, L:], b.target_mask[:, L:])
 
@@ -126,7 +149,7 @@ def batch_predictions(model: ODERNN, b: Batch) -> Tensor:
     with torch.no_grad():
         if b.t_future is not None:
             return encode(model, b.x, b.t, b.m, b.t_future, priors=False)[1]
-        return encode(model, b.x, b.t, b.m)[0][:, b.context:]
+        return with_skip(model, encode(model, b.x, b.t, b.m)[0], b.x, b.m)[:, b.context:]
 
 
 @dataclass
