@@ -139,7 +139,9 @@ def model_row(name: str, run: dict) -> dict[str, Any]:
     out["s_per_epoch"] = (secs[(len(secs) - 1) // 2] + secs[len(secs) // 2]) / 2 if secs else None  # median
     out["hours"] = sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0) for r in rows) / 3600
     out["status"] = f"failed: {summary.get('error', '?')}" if summary.get("failed") else (
-        "finished" if summary else "running or stopped")
+        "finished" if summary else
+        f"partial: {out['epochs']} of {config['epochs']} epochs" if isinstance(config.get("epochs"), int) else
+        "running or stopped")
     return out
 
 
@@ -148,7 +150,9 @@ def _nfe(cell: Optional[tuple]) -> str:
 
 
 def _nfe3(cell: Optional[tuple]) -> str:
-    return "-" if cell is None else f"{cell[0]:.0f} / {cell[1]:.0f} / {fmt(cell[2], 4)} (ep {cell[3]})"
+    if cell is None:
+        return "-"
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in cell[:3]) + f" (ep {cell[3]})"
 
 
 def write_report(task: Path, *, title: Optional[str] = None) -> tuple[Path, Path]:
