@@ -246,14 +246,19 @@ class _Judge:
         return float(np.mean(errs)) if errs else math.nan
 
 
-def _bic(data: _Data, periods: list, orders: list, degree: int = 1) -> float:
-    """Bayesian information criterion of the unweighted regression on all the data, summed over series."""
+def _bic(data: _Data, periods: list, orders: list, degree: int = 1, halflife: Optional[float] = None) -> float:
+    """Bayesian information criterion of the regression as the forecaster fits it, summed over series: with
+    recency weights ``w`` (``halflife``), the weighted mean squared residual and Kish's effective number of
+    observations ``(sum w)^2 / sum w^2`` in place of ``n`` (equal weights: the ordinary criterion). Judging an
+    unweighted fit of all the data instead would count a seasonal shape that drifts as noise, and refuse the
+    harmonics that the recency-weighted fit resolves."""
     total = 0.0
     for tt, vv in data.items:
-        r = vv - _fit_predict(tt, vv, periods, orders, degree=degree)
-        n = len(tt)
+        w = np.ones(len(tt)) if halflife is None else 0.5 ** ((tt[-1] - tt) / halflife)
+        r = vv - _fit_predict(tt, vv, periods, orders, halflife=halflife, degree=degree)
+        n = float(w.sum() ** 2 / (w @ w))
         k = degree + 1 + 2 * sum(orders)
-        total += n * math.log(max(float(r @ r) / n, 1e-300)) + k * math.log(n)
+        total += n * math.log(max(float(w @ (r * r)) / float(w.sum()), 1e-300)) + k * math.log(n)
     return total
 
 
@@ -266,14 +271,14 @@ def choose_orders(judge: _Judge, periods: list, gap: float, max_order: int) -> l
     best = judge.error(periods, orders)
     if not math.isfinite(best):
         return [min(3, _max_order(p, gap, max_order)) for p in periods]
-    best_bic = _bic(judge.data, periods, orders, judge.degree)
+    best_bic = _bic(judge.data, periods, orders, judge.degree, judge.halflife)
     for i, p in enumerate(periods):
         cap = _max_order(p, gap, max_order)
         for m in [o for o in ORDERS if 1 < o <= cap]:
             trial = orders[:i] + [m] + orders[i + 1:]
             e = judge.error(periods, trial)
             if e < best * (1 - MIN_GAIN):
-                b = _bic(judge.data, periods, trial, judge.degree)
+                b = _bic(judge.data, periods, trial, judge.degree, judge.halflife)
                 if b < best_bic:
                     best, best_bic, orders = e, b, trial
     return orders
