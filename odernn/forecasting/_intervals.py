@@ -11,10 +11,10 @@ conformity score is the *absolute* error (intervals symmetric about the point fo
 Why not the signed errors: far from the origin they are mostly the trend's extrapolation error, whose sign is that
 of the curvature the trend met during the calibration stretch (a cooling autumn, an accelerating rise). When the
 trend turns after it (a winter minimum), signed quantiles put the interval on the wrong side: on the hourly Seattle
-temperatures the last week's 90% interval covered 54% of it with signed quantiles, 78% with absolute ones, at a
-width 8% larger (benchmarks/forecasting.md). The absolute score assumes only that the error's size persists, not
-its sign. Errors of forecasts from nearby origins are correlated, so the finite-sample guarantee of exchangeable
-errors holds only approximately; the tests and the benchmark measure the coverage reached.
+temperatures (the same fitted model) the last week's 90% interval covered 54% of it with signed quantiles, 78% with
+absolute ones, at a width 8% larger (benchmarks/forecasting.md). The absolute score assumes only that the error's
+size persists, not its sign. Errors of forecasts from nearby origins are correlated, so the finite-sample guarantee
+of exchangeable errors holds only approximately; the tests and the benchmark measure the coverage reached.
 """
 
 from __future__ import annotations
