@@ -66,6 +66,25 @@ def test_noise_has_no_season_and_auto_says_what_it_tried():
         SeasonalRegression(seasonal_period=None).fit(df)  # None: no search, no warning
 
 
+def test_no_warning_when_the_series_is_too_short_to_show_a_season():
+    # sktime's checks fit 20-30 daily points of noise: too few for the test to find even a cycle explaining half
+    # the variance, so "found nothing" would say nothing about the data; the candidates are still recorded
+    rng = np.random.default_rng(4)
+    for n in (20, 30):
+        df = pd.DataFrame({"y": rng.standard_normal(n)}, index=pd.date_range("2000-01-01", periods=n, freq="D"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sr = SeasonalRegression().fit(df)
+        assert sr.seasonal_periods_ == [] and sr.season_candidates_ is not None
+    # the threshold is where a moderate cycle becomes detectable, on a numeric index too
+    t = np.arange(200.0)
+    short = detect_seasons([t[:20]], [rng.standard_normal((20, 1))], gap=1.0, unit_seconds=None, index_unit=1.0)
+    longer = detect_seasons([t], [rng.standard_normal((200, 1))], gap=1.0, unit_seconds=None, index_unit=1.0)
+    assert not short.could_detect and longer.could_detect
+    with pytest.warns(UserWarning, match="found no seasonal period"):
+        SeasonalRegression().fit(pd.DataFrame({"y": rng.standard_normal(200)}, index=t))
+
+
 def test_numeric_index_monthly_series_in_index_units():
     rng = np.random.default_rng(2)
     t = np.arange(240.0)

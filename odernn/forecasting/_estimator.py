@@ -63,9 +63,9 @@ class ODERNNForecaster(HistoryMixin, NetworkMixin, ForecastMixin, BaseForecaster
 
     **Intervals.** The last ``calibration_fraction`` of every series is held out of training; forecasts from
     origins inside it and spread over the last half of the series (with :math:`d` refitted up to each origin) give
-    signed errors per forecast distance, and :meth:`predict_interval` / :meth:`predict_quantiles` add their
-    split-conformal quantiles to the point forecast (levels beyond what the errors resolve: an exponential tail and
-    a :class:`~odernn.forecasting._intervals.CalibrationWarning`).
+    errors per forecast distance, and :meth:`predict_interval` / :meth:`predict_quantiles` add the split-conformal
+    quantiles of their absolute values to the point forecast, symmetrically (levels beyond what the errors resolve:
+    an exponential tail and a :class:`~odernn.forecasting._intervals.CalibrationWarning`).
 
     Args:
         dynamics: ``"node" | "anode" | "sonode" | "hbnode" | "ghbnode"`` (default ``"hbnode"``).

@@ -32,7 +32,8 @@ class ForecastMixin(IntervalMixin):
     def _calibrate(self, data: dict) -> None:
         """Forecast every series from origins in its held-out end and (with rolling detrending) spread over the last
         half of it, exactly as forecasts are made (the deterministic part refitted on the rows before each origin,
-        the network reading the context before it); keep the scaled signed errors by distance.
+        the network reading the context before it); keep the scaled signed errors by distance (the quantiles use their
+        absolute values, :func:`~odernn.forecasting._intervals.symmetric_quantile`).
 
         Origins before the held-out part let the calibration see many distinct stretches of data at long
         distances (the trend's and level's extrapolation error), where the held-out end alone reuses its few

@@ -83,7 +83,7 @@ def resolve_seasons(period_spec, order_spec, halflife_spec, axis, times: list, v
                                halflife_of=halflife_of, orders=None if auto_order else [int(order_spec)] * 8,
                                degree=degree)
         periods, orders, report, degree = found.periods, found.orders, found.table, found.degree
-        if not periods:
+        if not periods and found.could_detect:  # too few observations to find even a strong cycle: nothing to say
             warnings.warn(_nothing_found(found, axis, owner), UserWarning, stacklevel=4)
     else:
         items = [] if period_spec is None else (list(period_spec) if isinstance(period_spec, (list, tuple))

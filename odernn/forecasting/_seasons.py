@@ -39,6 +39,8 @@ MAX_CANDIDATES = 5
 FAP = 1e-3  # false-alarm probability below which a peak is significant
 HOLDOUT = 0.2  # share of each series' span held out to check candidates and orders
 MIN_GAIN = 0.01  # relative held-out improvement a candidate or a higher order must bring
+MODERATE_POWER = 0.5  # a cycle explaining half the variance: "auto" warns about finding nothing only if the test
+                      # had the observations to find one that strong (Seasons.could_detect)
 ORDERS = (1, 2, 3, 4, 6, 8, 10, 12)
 ORIGINS = 6  # rolling origins of the held-out check
 DAY = 86400.0
@@ -55,6 +57,10 @@ class Seasons:
         table: one dict per candidate (``period``, ``label``, ``power``, ``fap``, ``kept``, ``why``).
         searched: the range of periods searched, in model units (shortest, longest).
         degree: the trend's degree (0: a level, 1: a line).
+        could_detect: whether the search could have found a season of moderate strength: the data span two cycles
+            of some candidate period and hold enough observations that a cycle explaining half of the detrended
+            variance (normalised power ``MODERATE_POWER``) would pass the significance test. When False, finding
+            nothing says nothing about the data, and "auto" does not warn.
     """
 
     periods: list = field(default_factory=list)
@@ -62,6 +68,7 @@ class Seasons:
     table: list = field(default_factory=list)
     searched: tuple = (math.nan, math.nan)
     degree: int = 1
+    could_detect: bool = False
 
 
 def calendar_periods(unit_seconds: Optional[float]) -> dict:
@@ -239,14 +246,19 @@ class _Judge:
         return float(np.mean(errs)) if errs else math.nan
 
 
-def _bic(data: _Data, periods: list, orders: list, degree: int = 1) -> float:
-    """Bayesian information criterion of the unweighted regression on all the data, summed over series."""
+def _bic(data: _Data, periods: list, orders: list, degree: int = 1, halflife: Optional[float] = None) -> float:
+    """Bayesian information criterion of the regression as the forecaster fits it, summed over series: with
+    recency weights ``w`` (``halflife``), the weighted mean squared residual and Kish's effective number of
+    observations ``(sum w)^2 / sum w^2`` in place of ``n`` (equal weights: the ordinary criterion). Judging an
+    unweighted fit of all the data instead would count a seasonal shape that drifts as noise, and refuse the
+    harmonics that the recency-weighted fit resolves."""
     total = 0.0
     for tt, vv in data.items:
-        r = vv - _fit_predict(tt, vv, periods, orders, degree=degree)
-        n = len(tt)
+        w = np.ones(len(tt)) if halflife is None else 0.5 ** ((tt[-1] - tt) / halflife)
+        r = vv - _fit_predict(tt, vv, periods, orders, halflife=halflife, degree=degree)
+        n = float(w.sum() ** 2 / (w @ w))
         k = degree + 1 + 2 * sum(orders)
-        total += n * math.log(max(float(r @ r) / n, 1e-300)) + k * math.log(n)
+        total += n * math.log(max(float(w @ (r * r)) / float(w.sum()), 1e-300)) + k * math.log(n)
     return total
 
 
@@ -259,14 +271,14 @@ def choose_orders(judge: _Judge, periods: list, gap: float, max_order: int) -> l
     best = judge.error(periods, orders)
     if not math.isfinite(best):
         return [min(3, _max_order(p, gap, max_order)) for p in periods]
-    best_bic = _bic(judge.data, periods, orders, judge.degree)
+    best_bic = _bic(judge.data, periods, orders, judge.degree, judge.halflife)
     for i, p in enumerate(periods):
         cap = _max_order(p, gap, max_order)
         for m in [o for o in ORDERS if 1 < o <= cap]:
             trial = orders[:i] + [m] + orders[i + 1:]
             e = judge.error(periods, trial)
             if e < best * (1 - MIN_GAIN):
-                b = _bic(judge.data, periods, trial, judge.degree)
+                b = _bic(judge.data, periods, trial, judge.degree, judge.halflife)
                 if b < best_bic:
                     best, best_bic, orders = e, b, trial
     return orders
@@ -322,6 +334,7 @@ def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optio
     if len(ks) < 3:
         return out
     n_indep = max(1.0, (f_hi - f_lo) * span)
+    out.could_detect = _false_alarm(MODERATE_POWER, n_indep, n_pts) < FAP
     calendar = calendar_periods(unit_seconds)
     found: list = []
     fo: list = []
@@ -335,7 +348,7 @@ def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optio
         fine = np.linspace(lo, hi, 41) / (size * delta)
         fp = _peak_power(data, found, fo, fine)
         f_peak, p_peak = float(fine[np.argmax(fp)]), float(fp.max())
-        fap = min(1.0, n_indep * (1.0 - min(p_peak, 1 - 1e-12)) ** ((n_pts - 3) / 2))
+        fap = _false_alarm(p_peak, n_indep, n_pts)
         period, label = _snap(1.0 / f_peak, span, calendar, index_unit)
         row = dict(period=period, label=label, power=p_peak, fap=fap, kept=False, why="")
         out.table.append(row)
@@ -383,6 +396,12 @@ def detect_seasons(times: list, values: list, *, gap: float, unit_seconds: Optio
         out.orders = [int(min(o, _max_order(p, gap, max_order))) for p, o in zip(kept, orders)]
     out.degree = choose_degree(judge, kept, out.orders) if degree is None else degree
     return out
+
+
+def _false_alarm(power: float, n_indep: float, n_pts: float) -> float:
+    """False-alarm probability ``M (1 - p)^((N - 3) / 2)`` of a peak of normalised power ``p`` among ``M``
+    independent frequencies of a periodogram of ``N`` points (white noise), capped at 1."""
+    return min(1.0, n_indep * (1.0 - min(power, 1 - 1e-12)) ** ((n_pts - 3) / 2))
 
 
 def _horizon(periods: list, span: float, gap: float) -> float:
