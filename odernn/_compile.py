@@ -447,6 +447,24 @@ def _const(value, dtype: torch.dtype, device: torch.device) -> Tensor:
     return c
 
 
+_ZEROS: dict = {}
+_CACHE_ZEROS = True
+
+
+def _zeros(x: Tensor, slot: int) -> Tensor:
+    """Zeros shaped like ``x`` for input ``slot`` of a gap block: what a first block computes itself (or carries
+    until the gap's end) is passed in as these placeholders. Cached per slot, shape, dtype and device: the blocks
+    only read their inputs and return new tensors, and the placeholders never leave this module. One tensor per slot,
+    since dynamo guards on inputs aliasing each other."""
+    if not _CACHE_ZEROS:
+        return torch.zeros_like(x)
+    key = (slot, x.shape, x.dtype, x.device)
+    out = _ZEROS.get(key)
+    if out is None:
+        out = _ZEROS[key] = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    return out
+
+
 def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, first: float, adjoint: bool,
                  extra_evals: int = 0):
     """The adaptive solve of one gap as compiled blocks of :func:`gap_block_steps` trial steps
@@ -490,10 +508,11 @@ def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, fir
     if adjoint:
         params = dict(zip(gap.names, gap.params))
         z, a, p = y0[0], y0[1], list(y0[2:])
-        fz, fa, fp = torch.zeros_like(z), torch.zeros_like(a), [torch.zeros_like(x) for x in p]
-        z_end, a_end, p_end = torch.zeros_like(z), torch.zeros_like(a), [torch.zeros_like(x) for x in p]
+        fz, fa, fp = _zeros(z, 0), _zeros(a, 1), [_zeros(x, 2 + c) for c, x in enumerate(p)]
+        z_end, a_end = _zeros(z, 2 + len(p)), _zeros(a, 3 + len(p))
+        p_end = [_zeros(x, 4 + len(p) + c) for c, x in enumerate(p)]
     else:
-        y, f, y_end, last = z, torch.zeros_like(z), torch.zeros_like(z), _const(-1.0, _F64, dev)
+        y, f, y_end, last = z, _zeros(z, 0), _zeros(z, 1), _const(-1.0, _F64, dev)
     while True:
         if adjoint:
             out = call_compiled(gap.dyn, kind, z, (t, z, a, p, fz, fa, fp, fresh, s, dt, z_end, a_end, p_end,

@@ -61,6 +61,23 @@ def test_same_steps_nfe_results_and_gradients_as_per_gap(name, adjoint):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_rms_norm_takes_the_per_gap_steps(adjoint):
+    """Solver(norm="rms") (the RMS over the whole batch steers the steps): the fused loop takes the per-gap path's
+    steps and gives its values and gradients."""
+    x, t, mask = _data(3)
+    tf = t[:, -1:] + torch.tensor([[0.4, 1.1]], dtype=t.dtype)
+    kw = dict(adjoint=adjoint, norm="rms")
+    fo, fg, fn = _run(_model("hbnode", **kw), x, t, mask, None, tf)
+    ro, rg, rn = _run(_model("hbnode", fused=False, **kw), x, t, mask, None, tf)
+    so, _, sn = _run(_model("hbnode", adjoint=adjoint), x, t, mask, None, tf)
+    assert fn == rn
+    assert fn != sn  # the norm does steer: the worst sample's RMS takes other steps
+    torch.testing.assert_close(fo, ro, rtol=1e-13, atol=1e-13)
+    for a, b in zip(fg, rg):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
 @pytest.mark.parametrize("method,fraction", [("rk4", 0.3), ("midpoint", 0.25), ("euler", 0.5)])
 @pytest.mark.parametrize("adjoint", [True, False])
 def test_fixed_grid_methods_match_per_gap(method, fraction, adjoint):
@@ -234,13 +251,15 @@ def test_compiled_blocks_hand_a_failing_gap_to_the_general_loop(net):
 
 
 @needs_compiler
-@pytest.mark.parametrize("warm_start,steps", [(True, 1), (False, 1), (True, 3)])
-def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, steps, monkeypatch):
+@pytest.mark.parametrize("warm_start,steps,norm", [(True, 1, "sample"), (False, 1, "sample"), (True, 3, "sample"),
+                                                    (True, 1, "rms"), (False, 3, "rms")])
+def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, steps, norm, monkeypatch):
     """Solver(compile=True) runs whole gaps as compiled blocks (controller, dense output and adjoint parameter sums in
     the graph): the same accepted steps and NFE, forward and backward, as the eager fused loop, and the same values
     to round-off (float64), with masks, a start time, clipping, a forecast and inference without a graph. ``steps``
     trial steps per block: 1 on the CPU; 3 exercises the masked speculative steps that a GPU's blocks hold, and
-    cold starts (no warm start) exercise the initial-step rule and continued blocks."""
+    cold starts (no warm start) exercise the initial-step rule and continued blocks. ``norm``: the worst sample's
+    RMS (default) or the RMS over the whole batch steers the steps, in the blocks as in the eager loop."""
     from odernn import _compile
 
     monkeypatch.setitem(_compile.GAP_BLOCK_STEPS, "cpu", steps)
@@ -249,7 +268,7 @@ def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, s
     tf = t[:, -1:] + torch.tensor([[0.4, 1.1]], dtype=t.dtype)
     res, inference = [], []
     for compile_ in (False, True):
-        m = _model("hbnode", rtol=1e-7, atol=1e-8, adjoint_clip=0.3, warm_start=warm_start)
+        m = _model("hbnode", rtol=1e-7, atol=1e-8, adjoint_clip=0.3, warm_start=warm_start, norm=norm)
         m.solver = m.solver.replace(compile=compile_)
         res.append(_run(m, x, t, mask, t_start, tf))
         with torch.no_grad(), odernn.nfe_counter(m) as nfe:
