@@ -18,6 +18,7 @@ Every contender solves each gap with dopri5 at rtol = atol = 1e-7 in rescaled ti
   default with ``--compile off``; ``odernn compiled, first step = whole gap``: the default with
   ``ODERNN(warm_start="gap")`` (every gap's first trial step, forward and adjoint, is the whole gap, as in
   ``diffrax best`` and ``torchode whole-gap dt0``; odernn's default starts from the previous gap's last accepted step);
+  ``odernn compiled, first step = whole gap, norm='rms'``: both, diffrax best's step selection;
 * ``torchode default``: ``AutoDiffAdjoint(Dopri5, IntegralController)``, its initial-step heuristic per gap;
   ``torchode whole-gap dt0``: the first step of every gap = the whole gap;
 * ``diffrax default``: the whole sequence under one ``jax.jit`` (``lax.scan`` over gaps), ``Dopri5``,
@@ -339,6 +340,9 @@ def contenders(name: str, only: List[str]) -> Dict[str, tuple]:
     if want("odernn compiled, first step = whole gap"):
         w = Workload(name, compile_=True, warm_start="gap")
         out["odernn compiled, first step = whole gap"] = (w, *odernn_contender(w))
+    if want("odernn compiled, first step = whole gap, norm='rms'"):
+        w = Workload(name, compile_=True, norm="rms", warm_start="gap")
+        out["odernn compiled, first step = whole gap, norm='rms'"] = (w, *odernn_contender(w))
     if want("odernn eager"):
         w = Workload(name, compile_=False)
         out["odernn eager"] = (w, *odernn_contender(w))
