@@ -15,7 +15,10 @@ Every contender solves each gap with dopri5 at rtol = atol = 1e-7 in rescaled ti
 * ``odernn compiled``: the recipe's default (``Solver(rtol=1e-7, atol=1e-7)``, adjoint, fused loop, compiled);
   ``odernn compiled, norm='rms'``: the same with ``Solver(norm="rms")``, the RMS over the whole batch steering the
   steps as in diffrax (odernn's default is the worst sample's RMS, which takes more steps); ``odernn eager``: the
-  default with ``--compile off``;
+  default with ``--compile off``; ``odernn compiled, first step = whole gap``: the default with
+  ``ODERNN(warm_start="gap")`` (every gap's first trial step, forward and adjoint, is the whole gap, as in
+  ``diffrax best`` and ``torchode whole-gap dt0``; odernn's default starts from the previous gap's last accepted step);
+  ``odernn compiled, first step = whole gap, norm='rms'``: both, diffrax best's step selection;
 * ``torchode default``: ``AutoDiffAdjoint(Dopri5, IntegralController)``, its initial-step heuristic per gap;
   ``torchode whole-gap dt0``: the first step of every gap = the whole gap;
 * ``diffrax default``: the whole sequence under one ``jax.jit`` (``lax.scan`` over gaps), ``Dopri5``,
@@ -61,7 +64,7 @@ class Workload:
     ``gaps`` (B, G) per-sample gaps before each observation (G = T, a zero column where nothing moves);
     ``future`` (B, F) forecast gaps or None; ``loss_of(outputs, forecast)`` the recipe's loss."""
 
-    def __init__(self, name: str, compile_: bool, norm: str = "sample") -> None:
+    def __init__(self, name: str, compile_: bool, norm: str = "sample", warm_start=True) -> None:
         self.name = name
         torch.manual_seed(0)
         solver = odernn.Solver(rtol=RTOL, atol=ATOL, compile=compile_, norm=norm)
@@ -93,6 +96,7 @@ class Workload:
             self.future = None
         else:
             raise ValueError(f"unknown workload {name!r}; choose pv or walker")
+        self.core.warm_start = warm_start
         self.gaps32 = self.gaps.float()
         self.future32 = None if self.future is None else self.future.float()
 
@@ -333,6 +337,12 @@ def contenders(name: str, only: List[str]) -> Dict[str, tuple]:
     if want("odernn compiled, norm='rms'"):
         w = Workload(name, compile_=True, norm="rms")
         out["odernn compiled, norm='rms'"] = (w, *odernn_contender(w))
+    if want("odernn compiled, first step = whole gap"):
+        w = Workload(name, compile_=True, warm_start="gap")
+        out["odernn compiled, first step = whole gap"] = (w, *odernn_contender(w))
+    if want("odernn compiled, first step = whole gap, norm='rms'"):
+        w = Workload(name, compile_=True, norm="rms", warm_start="gap")
+        out["odernn compiled, first step = whole gap, norm='rms'"] = (w, *odernn_contender(w))
     if want("odernn eager"):
         w = Workload(name, compile_=False)
         out["odernn eager"] = (w, *odernn_contender(w))

@@ -6,7 +6,8 @@ evaluation and re-flattens the parameters. Here one loop crosses the whole seque
 
 * forward: for each observation ``i``, an explicit Runge-Kutta solve moves every sample through its own gap
   (time rescaling ``t = t_{i-1} + s \Delta t``, ``dz/ds = \Delta t f(t, z)``, ``s \in [0, 1]``) and the RNN cell folds
-  ``x_i`` in; adaptive steps are warm-started from the previous gap's last accepted step;
+  ``x_i`` in; adaptive steps are warm-started from the previous gap's last accepted step (or, with
+  ``warm_start="gap"``, start from a trial step equal to the whole gap);
 * ``adjoint=True``: :class:`_SequenceAdjoint`, one :class:`torch.autograd.Function` for the sequence. Its backward walks
   the observations in reverse: the cell's vector-Jacobian product, adjoint-state clipping, then the reverse solve of
   the gap's augmented system ``[z, a, g_\theta]`` (``a`` the adjoint state, ``g_\theta`` the parameter gradient) with
@@ -33,7 +34,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +93,7 @@ class Sequence_(NamedTuple):
     cfg: Solver
     plan: Plan
     clip: Optional[float]
-    warm_start: bool
+    warm_start: Union[bool, str]  # True, False or "gap" (see ODERNN's warm_start)
     needs_time: bool
     state_dim: int = 2
 
@@ -218,7 +219,10 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
         (z,) = solve.fixed([z], fixed_grid(cfg.step_fraction, 0.0, 1.0, z.dtype))
         return z, step
     span = seq.plan.spans[i]
-    first = None if step is None or not seq.warm_start else min(1.0, step / span)
+    if seq.warm_start == "gap":  # a first trial step equal to the whole gap (s in [0, 1]); the adjoint reuses it
+        first = 1.0
+    else:
+        first = None if step is None or not seq.warm_start else min(1.0, step / span)
     if firsts is not None:
         firsts[i] = first
     # nothing recorded for autograd (adjoint forward, inference): whole gaps as compiled blocks

@@ -165,9 +165,12 @@ class ODERNN(nn.Module):
         initial_state: module mapping the values ``x`` (batch, time, k), unobserved entries zeroed, to the initial
             state (batch, state); default a zero state. It sees padded rows as zeros at their positions, so the
             padding-invariance above holds for it only if it ignores where the zeros are.
-        warm_start: start each gap's adaptive solve (forward and adjoint) with the last accepted step size of the
-            previous gap instead of the initial-step heuristic (which costs an extra evaluation and usually starts
-            far too small on short gaps). Accuracy is still controlled by rtol/atol.
+        warm_start: how each gap's adaptive solve (forward and adjoint) picks its first trial step. ``True``
+            (default): the last accepted step size of the previous gap, instead of the initial-step heuristic (which
+            costs an extra evaluation and usually starts far too small on short gaps). ``False``: the initial-step
+            heuristic on every gap. ``"gap"``: a first trial step equal to the whole gap (as diffrax's and
+            torchode's fastest settings do); the controller shrinks it if it is rejected. Accuracy is controlled by
+            rtol/atol in all three; the steps (and so NFE and round-off) differ.
         solver: an :class:`odernn.Solver`; ``method``, ``rtol``, ``atol``, ``adjoint``, ``seminorm``, ``norm``,
             ``max_steps``, ``options``, ``lean`` are shorthands for its fields, and ``step_size`` for its
             ``step_fraction`` (a fixed step as a fraction of each gap). By default (``Solver.fused``) one solver loop
@@ -190,11 +193,15 @@ class ODERNN(nn.Module):
                  net: Optional[nn.Module] = None, ode_width: Optional[int] = None, augment_dim: Optional[int] = None,
                  dynamics_kwargs: Optional[dict] = None, cell: Optional[nn.Module] = None, feed_mask: bool = True,
                  readout: Optional[nn.Module] = None, initial_state: Optional[nn.Module] = None,
-                 warm_start: bool = True, method: Optional[str] = None, rtol: Optional[float] = None,
+                 warm_start: Union[bool, str] = True, method: Optional[str] = None, rtol: Optional[float] = None,
                  atol: Optional[float] = None, adjoint: Optional[bool] = None, seminorm: Optional[bool] = None,
                  norm: Optional[str] = None, max_steps: Optional[int] = None, step_size: Optional[float] = None,
                  options: Optional[dict] = None, lean: Optional[bool] = None) -> None:
         super().__init__()
+        if not (isinstance(warm_start, bool) or warm_start == "gap"):
+            raise ValueError(f"warm_start must be True (start from the previous gap's last accepted step), False "
+                             f"(the initial-step heuristic) or \"gap\" (a first trial step equal to the whole gap), "
+                             f"got {warm_start!r}")
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -231,7 +238,7 @@ class ODERNN(nn.Module):
         readout_in = dyn.hidden(torch.zeros(1, self.state_size)).shape[1]
         self.readout = nn.Linear(readout_in, output_size) if readout is None else readout
         self.initial_state = initial_state
-        self.warm_start = bool(warm_start)
+        self.warm_start: Union[bool, str] = warm_start
 
     # -- validation -----------------------------------------------------------------------------------------------
     def _model_dtype(self) -> Optional[torch.dtype]:
@@ -343,8 +350,12 @@ class ODERNN(nn.Module):
                      step: Optional[float]):
         """The reference path: the fused loop's recurrence with one torchdiffeq solve per gap."""
         def solve_gap(seq: Sequence_, z: Tensor, i: int, step: Optional[float], firsts) -> tuple:
+            if seq.warm_start == "gap":  # the whole gap: solve_gaps rescales it to a first step of 1.0
+                first = seq.plan.spans[i]
+            else:
+                first = step if seq.warm_start else None
             z, last = solve_gaps(self.dynamics, z, seq.plan.t_from[:, i].to(z.dtype), seq.plan.dt[:, i],
-                                 self.solver, step if self.warm_start else None)
+                                 self.solver, first)
             return z, (step if last is None else last)
 
         return run_per_gap(seq, z, cell_x, probe, step, solve_gap)

@@ -91,6 +91,52 @@ def test_fixed_grid_methods_match_per_gap(method, fraction, adjoint):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("adjoint", [True, False])
+@pytest.mark.parametrize("name", ["node", "hbnode", "ghbnode"])
+def test_first_step_equal_to_the_gap_matches_per_gap(name, adjoint):
+    """warm_start="gap": every gap's first trial step is the whole gap, in the fused loop (forward and the adjoint's
+    reverse solves) as in the per-gap path (torchdiffeq's first_step): the same steps, NFE, values and gradients.
+    It steers the steps: the NFE differ from both the warm start and the initial-step heuristic."""
+    x, t, mask = _data(4)
+    tf = t[:, -1:] + torch.tensor([[0.4, 1.1]], dtype=t.dtype)
+    t_start = t[:, 0] - 0.3
+    kw = dict(adjoint=adjoint, adjoint_clip=0.3, rtol=1e-6, atol=1e-7)
+    fo, fg, fn = _run(_model(name, warm_start="gap", **kw), x, t, mask, t_start, tf)
+    ro, rg, rn = _run(_model(name, fused=False, warm_start="gap", **kw), x, t, mask, t_start, tf)
+    assert fn == rn
+    torch.testing.assert_close(fo, ro, rtol=1e-13, atol=1e-13)
+    for a, b in zip(fg, rg):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    for other in (True, False):
+        _, _, on = _run(_model(name, warm_start=other, **kw), x, t, mask, t_start, tf)
+        assert on != fn
+
+
+def test_first_step_equal_to_the_gap_adjoint_equals_direct():
+    """warm_start="gap" with the sequence-level adjoint gives direct backpropagation's gradients (float64)."""
+    x, t, mask = _data(2)
+    kw = dict(warm_start="gap", rtol=1e-11, atol=1e-12, adjoint_clip=0.5)
+    _, ga, _ = _run(_model("hbnode", adjoint=True, **kw), x, t, mask)
+    _, gd, _ = _run(_model("hbnode", adjoint=False, **kw), x, t, mask)
+    for a, b in zip(ga, gd):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_warm_start_default_and_bad_values():
+    """The default is today's warm start (the same steps as an explicit True); anything but True, False or "gap" is
+    refused with a message naming the choices."""
+    x, t, mask = _data(5)
+    default, explicit = _model("hbnode"), _model("hbnode", warm_start=True)
+    assert default.warm_start is True
+    do, dg, dn = _run(default, x, t, mask)
+    eo, eg, en = _run(explicit, x, t, mask)
+    assert dn == en
+    assert torch.equal(do, eo) and all(torch.equal(a, b) for a, b in zip(dg, eg))
+    for bad in ("yes", "Gap", 1, None):
+        with pytest.raises(ValueError, match="warm_start must be True .* False .* or \"gap\""):
+            odernn.ODERNN("hbnode", K, H, O, warm_start=bad)
+
+
 def test_adjoint_equals_direct_and_finite_differences():
     x, t, mask = _data(2)
     ma, md = _model("hbnode", adjoint=True, rtol=1e-11, atol=1e-12), _model("hbnode", adjoint=False,
@@ -252,13 +298,15 @@ def test_compiled_blocks_hand_a_failing_gap_to_the_general_loop(net):
 
 @needs_compiler
 @pytest.mark.parametrize("warm_start,steps,norm", [(True, 1, "sample"), (False, 1, "sample"), (True, 3, "sample"),
-                                                    (True, 1, "rms"), (False, 3, "rms")])
+                                                    (True, 1, "rms"), (False, 3, "rms"), ("gap", 1, "sample"),
+                                                    ("gap", 3, "rms")])
 def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, steps, norm, monkeypatch):
     """Solver(compile=True) runs whole gaps as compiled blocks (controller, dense output and adjoint parameter sums in
     the graph): the same accepted steps and NFE, forward and backward, as the eager fused loop, and the same values
     to round-off (float64), with masks, a start time, clipping, a forecast and inference without a graph. ``steps``
     trial steps per block: 1 on the CPU; 3 exercises the masked speculative steps that a GPU's blocks hold, and
-    cold starts (no warm start) exercise the initial-step rule and continued blocks. ``norm``: the worst sample's
+    cold starts (no warm start) exercise the initial-step rule and continued blocks; ``"gap"`` starts every gap
+    (forward and adjoint) with a trial step of the whole gap. ``norm``: the worst sample's
     RMS (default) or the RMS over the whole batch steers the steps, in the blocks as in the eager loop."""
     from odernn import _compile
 
