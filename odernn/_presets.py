@@ -22,7 +22,7 @@ __all__ = ["solving_with", "paper_solver"]
 
 @contextlib.contextmanager
 def solving_with(model: nn.Module, solver: Union[Solver, Callable[[Solver], Solver]], *,
-                 warm_start: Optional[bool] = None) -> Iterator[nn.Module]:
+                 warm_start: Optional[Union[bool, str]] = None) -> Iterator[nn.Module]:
     """Within the block, every odernn layer inside ``model`` (``ODERNN``, ``ODEBlock``: any module whose ``solver``
     is an :class:`odernn.Solver`) solves with ``solver``; on exit the original settings are restored, also after an
     exception. Weights, gradients and random states are not touched.
@@ -30,12 +30,15 @@ def solving_with(model: nn.Module, solver: Union[Solver, Callable[[Solver], Solv
     Args:
         model: the model (the layers are found with ``model.modules()``).
         solver: a :class:`Solver`, or a function of each layer's own solver (e.g. :meth:`Solver.paper_design`).
-        warm_start: if given, sets ``ODERNN.warm_start`` (False: every gap starts from the initial-step heuristic).
+        warm_start: if given, sets ``ODERNN.warm_start``: True (the previous gap's last accepted step), False (every
+            gap starts from the initial-step heuristic) or ``"gap"`` (a first trial step of the whole gap).
 
     Raises:
         ValueError: if ``model`` holds no odernn layer (nothing would change).
         TypeError: if ``solver`` is neither a Solver nor callable, or the callable does not return a Solver.
     """
+    if warm_start is not None and not (isinstance(warm_start, bool) or warm_start == "gap"):
+        raise ValueError(f"warm_start must be None, True, False or 'gap', got {warm_start!r}")
     if not isinstance(solver, Solver) and not callable(solver):
         raise TypeError(f"solver must be an odernn.Solver or a function Solver -> Solver, got {type(solver).__name__}")
     layers = [m for m in model.modules() if isinstance(getattr(m, "solver", None), Solver)]
@@ -50,7 +53,7 @@ def solving_with(model: nn.Module, solver: Union[Solver, Callable[[Solver], Solv
                 raise TypeError(f"the solver function returned {type(new).__name__}, not an odernn.Solver")
             m.solver = new
             if warm_start is not None and hasattr(m, "warm_start"):
-                m.warm_start = bool(warm_start)
+                m.warm_start = warm_start
         yield model
     finally:
         for m, old, warm in saved:

@@ -125,6 +125,12 @@ def test_paper_solver_is_the_per_gap_design_and_restores_the_model():
     with pytest.raises(TypeError, match="Solver"):
         with odernn.solving_with(model, "dopri5"):
             pass
+    with pytest.raises(ValueError, match="'gap'"):
+        with odernn.solving_with(model, odernn.Solver(), warm_start="yes"):
+            pass
+    with odernn.solving_with(model, odernn.Solver(rtol=1e-6, atol=1e-6), warm_start="gap"):
+        assert model.warm_start == "gap"
+    assert model.warm_start is True
 
 
 @needs_walker
