@@ -171,8 +171,8 @@ def plan_run(folder: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -
     """Decide what a run does with what its folder already holds.
 
     Returns:
-        ``"resume"`` (``resume`` and a checkpoint exists), ``"fresh"`` (nothing there, or ``--resume`` into an empty
-        folder) or ``"overwrite"`` (``overwrite`` and an old run exists: the caller removes :data:`RUN_FILES` and the
+        ``"resume"`` (``resume`` and a checkpoint exists), ``"fresh"`` (nothing there, or ``--resume`` into a folder
+        that is empty or holds only the ``config.json`` of a run stopped before its first epoch ended) or ``"overwrite"`` (``overwrite`` and an old run exists: the caller removes :data:`RUN_FILES` and the
         checkpoint).
 
     Raises:
@@ -187,6 +187,8 @@ def plan_run(folder: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -
     if resume:
         if checkpoint.exists():
             return "resume"
+        if existing == ["config.json"]:
+            return "fresh"  # stopped before its first epoch ended: nothing was trained, nothing is lost
         if existing:
             raise RunFolderError(f"--resume: {folder} holds a run ({', '.join(existing)}) but no checkpoint at "
                                  f"{checkpoint}, so there is nothing to continue from (a different --checkpoint-dir?). "

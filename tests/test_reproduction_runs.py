@@ -200,3 +200,14 @@ def test_reproduce_continues_a_committed_run_exactly_on_a_fresh_clone(tmp_path, 
     assert (clone / "summary.json").is_file()
     assert reproduce.main([*common, "--walker-epochs", "3", "--out", str(tmp_path / "clone"),
                            "--log-dir", str(tmp_path / "logs2")]) == {}
+
+
+@needs_walker
+def test_resume_of_a_run_stopped_before_its_first_epoch_starts_it(tmp_path):
+    """A run folder committed while its first epoch ran holds only config.json: --resume starts that run."""
+    walker2d.main([*TINY, "--epochs", "1", "--out", str(tmp_path / "a")])
+    folder = tmp_path / "b" / "hbnode"
+    folder.mkdir(parents=True)
+    shutil.copy(tmp_path / "a" / "hbnode" / "config.json", folder / "config.json")
+    walker2d.main([*TINY, "--epochs", "1", "--resume", "--out", str(tmp_path / "b")])
+    assert _rows(tmp_path / "a" / "hbnode") == _rows(folder)
