@@ -33,7 +33,7 @@ from torch._dynamo.utils import counters as _DYNAMO_COUNTERS
 from ._nfe import BackwardCount
 from ._rk import DFACTOR, DOPRI5, DOPRI5_MID, IFACTOR, SAFETY
 
-__all__ = ["compile_log", "call_compiled", "compiled_stepper"]
+__all__ = ["compile_log", "call_compiled", "compiled_stepper", "begin_pass"]
 
 
 def _eval_field(dyn: nn.Module, t: Tensor, z: Tensor, scale: Tensor) -> Tensor:
@@ -191,15 +191,251 @@ def _compiled(dyn: nn.Module, kind: str, z: Tensor) -> Optional[Callable]:
     return fn
 
 
+# -- direct compiled calls (autograd not recording) -----------------------------------------------------------------
+#: Calls that autograd does not record (the gap blocks, the adjoint's steps and fields, the cell's vector-Jacobian
+#: products) bypass ``torch.compile``'s frame evaluation: each (module, kind, input signature) is traced once with
+#: ``make_fx`` into one graph over flat inputs (the module's parameters and buffers, then the call's tensors) and
+#: compiled by inductor; a call then costs a dictionary lookup and the compiled code. ``torch.compile``'s entry
+#: (guards, argument flattening, wrappers) cost 80-600 us per call on the plane-vibration model, several times the
+#: arithmetic of a gap block (benchmarks/peers.md). Set to ``False`` to route every call through ``torch.compile``.
+_DIRECT = True
+_PASS = [0]
+_PRIMITIVE = (bool, int, float, str, type(None))
+
+
+def begin_pass() -> None:
+    """Mark the start of a forward or backward pass of a sequence: direct calls re-read each module's parameters,
+    buffers and plain attributes at their first call after this (once per pass, not per call)."""
+    _PASS[0] += 1
+
+
+class _ModuleState:
+    """What a direct call of a module reads besides its arguments: its parameters and buffers (detached aliases, so
+    in-place optimizer updates are seen) and ``sig``, a number that changes when anything the traced code baked in
+    changes (parameter/buffer names, shapes, dtypes, devices; training flags and plain attributes)."""
+
+    __slots__ = ("names", "tensors", "sig", "pass_")
+
+    def __init__(self, names, tensors, sig, pass_) -> None:
+        self.names, self.tensors, self.sig, self.pass_ = names, tensors, sig, pass_
+
+
+def _has_hooks(dyn: nn.Module) -> bool:
+    from torch.nn.modules import module as _m
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in dyn.modules())
+
+
+def _module_state(dyn: nn.Module, entry: dict) -> Optional[_ModuleState]:
+    """The module's state for direct calls (cached for the current pass), or ``None`` when the module has forward
+    hooks (their side effects would run only while tracing: those calls go through ``torch.compile``)."""
+    state = entry.get("state")
+    if state is not None and state.pass_ == _PASS[0]:
+        return state
+    if _has_hooks(dyn):
+        entry["state"] = None
+        return None
+    named = list(dyn.named_parameters()) + list(dyn.named_buffers())
+    names = tuple(n for n, _ in named)
+    tensors = tuple(t.detach() for _, t in named)
+    finger = [names, tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)]
+    for m in dyn.modules():
+        finger.append(m.training)
+        for k, v in m.__dict__.items():
+            if k.startswith("_") or isinstance(v, (Tensor, nn.Module)):
+                continue
+            if isinstance(v, _PRIMITIVE) or (type(v) is tuple and all(isinstance(x, _PRIMITIVE) for x in v)):
+                finger.append((k, v))
+            else:  # functions, lists, other objects: by identity
+                finger.append((k, id(v)))
+    sigs = entry.setdefault("sigs", {})
+    sig = sigs.setdefault(tuple(finger), len(sigs))
+    state = entry["state"] = _ModuleState(names, tensors, sig, _PASS[0])
+    return state
+
+
+def _flatten(args: tuple, with_sig: bool):
+    """Tensors of ``args`` (tensors, lists of tensors, dicts of tensors and constants) in order, the structure, and
+    (``with_sig``) the signature: shape, stride, dtype and device of every tensor, and the constants."""
+    tensors: list = []
+    struct: list = []
+    sig: list = []
+    for a in args:
+        if isinstance(a, Tensor):
+            tensors.append(a)
+            struct.append(None)
+        elif type(a) is list:
+            tensors.extend(a)
+            struct.append(len(a))
+        elif type(a) is dict:
+            tensors.extend(a.values())
+            struct.append(tuple(a))
+        else:
+            struct.append(("const", a))
+    if with_sig:
+        sig = [(t.shape, t.stride(), t.dtype, t.device) for t in tensors]
+    return tensors, tuple(struct), sig
+
+
+def _unflatten(tensors, struct) -> list:
+    it = iter(tensors)
+    out = []
+    for s in struct:
+        if s is None:
+            out.append(next(it))
+        elif type(s) is int:
+            out.append([next(it) for _ in range(s)])
+        elif s[0] == "const":
+            out.append(s[1])
+        else:
+            out.append({k: next(it) for k in s})
+    return out
+
+
+def _out_spec(out):
+    """The structure of a compiled function's result: a tensor, or (nested) tuples/lists/dicts of tensors."""
+    if isinstance(out, Tensor):
+        return None
+    if isinstance(out, dict):
+        return ("d", tuple(out), tuple(_out_spec(v) for v in out.values()))
+    return ("t" if isinstance(out, tuple) else "l", tuple(_out_spec(v) for v in out))
+
+
+def _out_flat(out, acc: list) -> list:
+    if isinstance(out, Tensor):
+        acc.append(out)
+    else:
+        for v in (out.values() if isinstance(out, dict) else out):
+            _out_flat(v, acc)
+    return acc
+
+
+def _out_build(spec, it):
+    if spec is None:
+        return next(it)
+    if spec[0] == "d":
+        return {k: _out_build(s, it) for k, s in zip(spec[1], spec[2])}
+    vals = [_out_build(s, it) for s in spec[1]]
+    return tuple(vals) if spec[0] == "t" else vals
+
+
+class _Runner(nn.Module):
+    """Holds the module while tracing, so that ``functional_call`` can swap in the traced parameters and buffers."""
+
+    def __init__(self, dyn: nn.Module, base: Callable) -> None:
+        super().__init__()
+        self.dyn = dyn
+        self.base = base
+
+    def forward(self, *args):
+        return self.base(self.dyn, *args)
+
+
+def _build_direct(dyn: nn.Module, kind: str, state: _ModuleState, struct: tuple, tensors: list):
+    """Trace ``kind`` of ``dyn`` over flat inputs with make_fx and compile it with inductor."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    runner = _Runner(dyn, _BASES[kind])
+    n = len(state.names)
+    keys = ["dyn." + k for k in state.names]
+    spec: list = []
+
+    def flat(*xs):
+        args = _unflatten(xs[n:], struct)
+        out = torch.func.functional_call(runner, dict(zip(keys, xs[:n])), tuple(args))
+        spec.append(_out_spec(out))
+        return _out_flat(out, [])
+
+    inputs = [*state.tensors, *tensors]
+    gm = make_fx(flat, tracing_mode="fake")(*inputs)
+    fn = compile_fx(gm, inputs, config_patches=dict(_OPTIONS))
+    return fn, spec[0]
+
+
+def _call_direct(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable, key: Optional[tuple]):
+    """:func:`call_compiled` for calls autograd does not record (see ``_DIRECT``)."""
+    entry = _COMPILED.get(dyn)
+    if entry is None:
+        entry = _COMPILED[dyn] = {"eager": False, "seen": set()}
+    if entry["eager"]:
+        return eager(*args)
+    state = _module_state(dyn, entry)
+    if state is None:
+        return _call_dynamo(dyn, kind, z, args, eager)
+    tensors, struct, sig = _flatten(args, key is None)
+    full = (kind, state.sig, struct, *(sig if key is None else key))
+    direct = entry.setdefault("direct", {})
+    hit = direct.get(full)
+    if hit is None:
+        if not _compiler_available(z.device):
+            entry["eager"] = True
+            _warn_once(f"nocompiler-{z.device.type}",
+                       f"Solver(compile=True): no compiler for {z.device.type} was found (a C++ compiler such as g++ "
+                       f"on the CPU, triton on CUDA); running the solver loop eagerly")
+            return eager(*args)
+        counts = entry.setdefault("direct counts", {})
+        if counts.get(kind, 0) >= torch._dynamo.config.recompile_limit:
+            _limit_warning(dyn, kind, z)
+            return eager(*args)
+        start = time.perf_counter()
+        try:
+            hit = _build_direct(dyn, kind, state, struct, tensors)
+        except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
+            entry["eager"] = True
+            _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
+                                                     f"({type(e).__name__}: {e}); running the solver loop eagerly")
+            return eager(*args)
+        direct[full] = hit
+        counts[kind] = counts.get(kind, 0) + 1
+        _log_compile(dyn, kind, z, time.perf_counter() - start)
+    fn, spec = hit
+    return _out_build(spec, iter(fn(*state.tensors, *tensors)))
+
+
 def _graphs_compiled() -> int:
     return _DYNAMO_COUNTERS["stats"]["unique_graphs"]
 
 
-def call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable):
+def _limit_warning(dyn: nn.Module, kind: str, z: Tensor) -> None:
+    _COMPILED[dyn]["eager"] = True
+    limit = torch._dynamo.config.recompile_limit
+    _warn_once(f"limit-{id(dyn):x}",
+               f"Solver(compile=True): torch's recompile limit ({limit} compiles per function) was reached for "
+               f"the {_KIND_NAMES[kind]} of {type(dyn).__name__} (state {tuple(z.shape)}, {z.dtype}): each new "
+               f"batch size, shape, dtype or grad mode, and each change of an attribute the compiled code reads, "
+               f"compiles once more. This dynamics now runs eagerly (slower, same results). Keep batch sizes "
+               f"fixed (e.g. drop_last=True), or raise torch._dynamo.config.recompile_limit; odernn.compile_log() "
+               f"lists the compiles")
+
+
+def _log_compile(dyn: nn.Module, kind: str, z: Tensor, seconds: float) -> None:
+    entry = _COMPILED[dyn]
+    recompile = kind in entry["seen"]
+    entry["seen"].add(kind)
+    _LOG.append(dict(kind=_KIND_NAMES[kind], dynamics=type(dyn).__name__, state_shape=tuple(z.shape),
+                     dtype=str(z.dtype), device=str(z.device), grad=torch.is_grad_enabled(),
+                     recompile=recompile, seconds=seconds))
+
+
+def call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable,
+                  key: Optional[tuple] = None):
     """Call the compiled ``kind`` of ``dyn`` (logging every call that compiled), or ``eager(*args)`` without one.
 
-    When torch's recompile limit (``torch._dynamo.config.recompile_limit``) is reached for ``dyn``, or compiling
-    fails, one ``RuntimeWarning`` says so and ``dyn`` runs eagerly from then on."""
+    Calls that autograd does not record (grad mode off: the gap blocks, the adjoint's steps, the cell's
+    vector-Jacobian products) run *direct* compiled code (:func:`_call_direct`); recorded ones go through
+    ``torch.compile``. When torch's recompile limit (``torch._dynamo.config.recompile_limit``) is reached for ``dyn``,
+    or compiling fails, one ``RuntimeWarning`` says so and ``dyn`` runs eagerly from then on.
+
+    ``key``: for direct calls, a tuple from which the shape, stride, dtype and device of every tensor in ``args``
+    follow (given the module's parameters); without it they are read from each tensor."""
+    if _DIRECT and not torch.is_grad_enabled():
+        return _call_direct(dyn, kind, z, args, eager, key)
+    return _call_dynamo(dyn, kind, z, args, eager)
+
+
+def _call_dynamo(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable):
     fn = _compiled(dyn, kind, z)
     if fn is None:
         return eager(*args)
@@ -208,15 +444,7 @@ def call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Call
     try:
         out = fn(dyn, *args)
     except FailOnRecompileLimitHit:
-        _COMPILED[dyn]["eager"] = True
-        limit = torch._dynamo.config.recompile_limit
-        _warn_once(f"limit-{id(dyn):x}",
-                   f"Solver(compile=True): torch's recompile limit ({limit} compiles per function) was reached for "
-                   f"the {_KIND_NAMES[kind]} of {type(dyn).__name__} (state {tuple(z.shape)}, {z.dtype}): each new "
-                   f"batch size, shape, dtype or grad mode, and each change of an attribute the compiled code reads, "
-                   f"compiles once more. This dynamics now runs eagerly (slower, same results). Keep batch sizes "
-                   f"fixed (e.g. drop_last=True), or raise torch._dynamo.config.recompile_limit; odernn.compile_log() "
-                   f"lists the compiles")
+        _limit_warning(dyn, kind, z)
         return eager(*args)
     except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
         _COMPILED[dyn]["eager"] = True
@@ -224,12 +452,7 @@ def call_compiled(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Call
                                                  f"({type(e).__name__}: {e}); running the solver loop eagerly")
         return eager(*args)
     if _graphs_compiled() != before:
-        entry = _COMPILED[dyn]
-        recompile = kind in entry["seen"]
-        entry["seen"].add(kind)
-        _LOG.append(dict(kind=_KIND_NAMES[kind], dynamics=type(dyn).__name__, state_shape=tuple(z.shape),
-                         dtype=str(z.dtype), device=str(z.device), grad=torch.is_grad_enabled(),
-                         recompile=recompile, seconds=time.perf_counter() - start))
+        _log_compile(dyn, kind, z, time.perf_counter() - start)
     return out
 
 
@@ -513,14 +736,17 @@ def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, fir
         p_end = [_zeros(x, 4 + len(p) + c) for c, x in enumerate(p)]
     else:
         y, f, y_end, last = z, _zeros(z, 0), _zeros(z, 1), _const(-1.0, _F64, dev)
+    # every tensor input's shape, stride, dtype and device follows from these (and the module's parameters): the
+    # signature of a direct call, without reading each input's
+    key = (z.shape, z.dtype, dev, gap.scale.shape, gap.scale.dtype, t.shape, t.dtype)
     while True:
         if adjoint:
             out = call_compiled(gap.dyn, kind, z, (t, z, a, p, fz, fa, fp, fresh, s, dt, z_end, a_end, p_end,
                                                    gap.scale, params, cfg.rtol, cfg.atol, rms, steps,
-                                                   s_end), no_compiler)
+                                                   s_end), no_compiler, key)
         else:
             out = call_compiled(gap.dyn, kind, z, (t, y, f, fresh, s, dt, y_end, last, gap.scale, cfg.rtol,
-                                                   cfg.atol, rms, steps, s_end), no_compiler)
+                                                   cfg.atol, rms, steps, s_end), no_compiler, key)
         if out is None:
             return None
         stats = out[-1].tolist()  # the one host synchronisation of a block

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ._clip import clip_adjoint, clip_rows
-from ._compile import call_compiled, compiled_gap, compiled_stepper, no_compiler
+from ._compile import begin_pass, call_compiled, compiled_gap, compiled_stepper, no_compiler
 from ._errors import SolverError, guard_backward
 from ._nfe import BackwardCount
 from ._rk import TABLEAUS, RKSolve, fixed_grid
@@ -245,6 +245,7 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
     T = plan.dt.shape[1]
     active = plan.active
     solve = _solve_forward if solve_gap is None else solve_gap
+    begin_pass()
     pre, post = [], []
     for i in range(T):
         if plan.moves[i]:
@@ -286,6 +287,7 @@ class _SequenceAdjoint(torch.autograd.Function):
         seq: Sequence_ = ctx.seq
         plan, cfg = seq.plan, seq.cfg
         zpre, zpost, cell_x, probe, *params = ctx.saved_tensors
+        begin_pass()
         dyn_params, cell_params = params[:ctx.n_dyn], params[ctx.n_dyn:]
         need_x = ctx.has_x and ctx.needs_input_grad[4]
         need_probe = ctx.has_probe and ctx.needs_input_grad[5]
