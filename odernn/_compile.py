@@ -23,7 +23,7 @@ import time
 import types
 import warnings
 import weakref
-from typing import Callable, List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -102,6 +102,11 @@ def _dopri5_adjoint_step(dyn: nn.Module, t: Tensor, z0: Tensor, a0: Tensor, fz0:
     return kz[1:], ka[1:], kp, zi, ai, torch.maximum(rz, ra) + zi.sum() * 0.0 + ai.sum() * 0.0
 
 
+def _cell(cell: nn.Module, x: Tensor, z: Tensor) -> Tensor:
+    """The RNN cell's update at an observation (the forward loop without autograd recording)."""
+    return cell(x, z)
+
+
 def _cell_vjp(cell: nn.Module, x: Tensor, z: Tensor, g: Tensor, params: dict):
     """The RNN cell's vector-Jacobian product ``g^T d cell(x, z) / d(z, x, params)`` in one graph (the sequence
     adjoint's step at an observation)."""
@@ -129,11 +134,15 @@ def compile_log() -> List[dict]:
     shape, dtype, device or grad mode, or a changed attribute of the dynamics that its compiled code depends on).
 
     Each entry: ``kind`` (``"dopri5 gap block"``, ``"adjoint dopri5 gap block"``, ``"dopri5 step"``,
-    ``"adjoint dopri5 step"``, ``"field"``, ``"adjoint field"``, ``"cell vector-Jacobian product"``), ``dynamics``
-    (the class name of the compiled module: the dynamics, or the ODE-RNN's cell for the last kind), ``state_shape``
-    (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile`` (``False`` for the
-    first compile of this kind for this dynamics) and ``seconds``, the wall time of the call that compiled (tracing
-    and compiling included; a compile found in torch's on-disk cache is fast)."""
+    ``"adjoint dopri5 step"``, ``"field"``, ``"adjoint field"``, ``"cell vector-Jacobian product"``, ``"cell"``),
+    ``dynamics`` (the class name of the compiled module: the dynamics, or the ODE-RNN's cell for the last two kinds),
+    ``state_shape`` (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile``
+    (``False`` for the first compile of this kind for this dynamics) and ``seconds``, the wall time of the call that
+    compiled (tracing and compiling included; a compile found in torch's on-disk cache is fast).
+
+    Calls that autograd does not record are traced once per input signature (shapes, strides, dtypes, device,
+    constants) and per state of the module (parameter and buffer shapes, training flags, plain attributes, read once
+    per forward or backward pass); the others go through ``torch.compile`` and its guards."""
     return [dict(e) for e in _LOG]
 
 
@@ -214,10 +223,20 @@ class _ModuleState:
     in-place optimizer updates are seen) and ``sig``, a number that changes when anything the traced code baked in
     changes (parameter/buffer names, shapes, dtypes, devices; training flags and plain attributes)."""
 
-    __slots__ = ("names", "tensors", "sig", "pass_")
+    __slots__ = ("names", "tensors", "sig", "pass_", "subsets")
 
     def __init__(self, names, tensors, sig, pass_) -> None:
         self.names, self.tensors, self.sig, self.pass_ = names, tensors, sig, pass_
+        self.subsets: dict = {}
+
+    def subset(self, keep: Optional[tuple]) -> tuple:
+        """The tensors at positions ``keep`` (all for ``None``), cached for this pass."""
+        if keep is None:
+            return self.tensors
+        out = self.subsets.get(keep)
+        if out is None:
+            out = self.subsets[keep] = tuple(self.tensors[i] for i in keep)
+        return out
 
 
 def _has_hooks(dyn: nn.Module) -> bool:
@@ -332,26 +351,44 @@ class _Runner(nn.Module):
         return self.base(self.dyn, *args)
 
 
-def _build_direct(dyn: nn.Module, kind: str, state: _ModuleState, struct: tuple, tensors: list):
-    """Trace ``kind`` of ``dyn`` over flat inputs with make_fx and compile it with inductor."""
+def _build_direct(dyn: nn.Module, kind: str, state: _ModuleState, struct: tuple, tensors: list, graphs: dict):
+    """Trace ``kind`` of ``dyn`` over flat inputs with make_fx and compile it with inductor. A traced graph equal to
+    one compiled before for this module (code and input layouts; e.g. after ``model.eval()`` for a dynamics that
+    never reads ``training``) reuses that compiled code. Returns ``(fn, output spec, kept parameters)`` and whether
+    it compiled."""
     from torch._inductor.compile_fx import compile_fx
     from torch.fx.experimental.proxy_tensor import make_fx
 
     runner = _Runner(dyn, _BASES[kind])
-    n = len(state.names)
-    keys = ["dyn." + k for k in state.names]
+    # parameters that the call passes itself (the adjoint's and the cell product's ``params``) are not passed twice
+    given = {k for s in struct if type(s) is tuple and s and s[0] != "const" for k in s}
+    keep = tuple(i for i, k in enumerate(state.names) if k not in given)
+    keys = ["dyn." + state.names[i] for i in keep]
+    n = len(keep)
     spec: list = []
 
     def flat(*xs):
         args = _unflatten(xs[n:], struct)
-        out = torch.func.functional_call(runner, dict(zip(keys, xs[:n])), tuple(args))
+        params = dict(zip(keys, xs[:n]))
+        for a in args:  # every parameter the traced code reads is an input: none is baked in as a constant
+            if type(a) is dict:
+                params.update(("dyn." + k, v) for k, v in a.items())
+        out = torch.func.functional_call(runner, params, tuple(args))
         spec.append(_out_spec(out))
         return _out_flat(out, [])
 
-    inputs = [*state.tensors, *tensors]
+    keep = None if n == len(state.names) else keep
+    inputs = [*state.subset(keep), *tensors]
     gm = make_fx(flat, tracing_mode="fake")(*inputs)
-    fn = compile_fx(gm, inputs, config_patches=dict(_OPTIONS))
-    return fn, spec[0]
+    same = None
+    if not any(True for _ in gm.named_buffers()) and not any(n.op == "get_attr" for n in gm.graph.nodes):
+        same = (kind, gm.code, keep, tuple((t.shape, t.stride(), t.dtype, t.device) for t in inputs))
+        if same in graphs:
+            return graphs[same], False
+    hit = (compile_fx(gm, inputs, config_patches=dict(_OPTIONS)), spec[0], keep)
+    if same is not None:
+        graphs[same] = hit
+    return hit, True
 
 
 def _call_direct(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable, key: Optional[tuple]):
@@ -381,17 +418,18 @@ def _call_direct(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Calla
             return eager(*args)
         start = time.perf_counter()
         try:
-            hit = _build_direct(dyn, kind, state, struct, tensors)
+            hit, compiled = _build_direct(dyn, kind, state, struct, tensors, entry.setdefault("graphs", {}))
         except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
             entry["eager"] = True
             _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
                                                      f"({type(e).__name__}: {e}); running the solver loop eagerly")
             return eager(*args)
         direct[full] = hit
-        counts[kind] = counts.get(kind, 0) + 1
-        _log_compile(dyn, kind, z, time.perf_counter() - start)
-    fn, spec = hit
-    return _out_build(spec, iter(fn(*state.tensors, *tensors)))
+        if compiled:
+            counts[kind] = counts.get(kind, 0) + 1
+            _log_compile(dyn, kind, z, time.perf_counter() - start)
+    fn, spec, keep = hit
+    return _out_build(spec, iter(fn(*state.subset(keep), *tensors)))
 
 
 def _graphs_compiled() -> int:
@@ -490,8 +528,7 @@ def compiled_stepper(gap, solve, adjoint: bool) -> Callable:
                                                       rms), no_compiler)
         if out is None:
             return solve.trial_step(t, dt, y, f)
-        for _ in range(stages):
-            gap.count(adjoint)
+        gap.count(adjoint, stages)
         if adjoint:
             kz, ka, kp, z1, a1, ratio = out
             ks = [f] + [[kz[j], ka[j], *(kp[j][n] for n in gap.names)] for j in range(stages)]
@@ -535,17 +572,42 @@ def _dense_at(y0: Tensor, y1: Tensor, ks: List[Tensor], dt: Tensor, x: Tensor) -
     return y0 + x.to(dtype) * d + x2.to(dtype) * cc + (x2 * x).to(dtype) * b + (x2 * x2).to(dtype) * a
 
 
-def _controller(t: Tensor, dt: Tensor, ratio: Tensor, active: Tensor, problem: Tensor):
-    """One decision of the adaptive controller (:meth:`odernn._rk.RKSolve.adaptive`) on float64 0-d tensors:
-    whether the trial counts, whether it is accepted, the next step size, and whether something needs the host
-    (a non-finite error estimate or step size, an underflowing step)."""
-    problem = problem | (active & ~(torch.isfinite(dt) & (t + dt > t))) | (active & ~torch.isfinite(ratio))
+class _Control(NamedTuple):
+    """One trial step's decision in a gap block (float64 / bool 0-d tensors): accepted, reached the gap's end, the
+    new solve time if accepted, whether it lands exactly on the end, the fraction of the step at the end (for the
+    dense output), the next step size, and the carried ``problem`` flag and trial count."""
+
+    accept: Tensor
+    ends: Tensor
+    s_new: Tensor
+    exact: Tensor
+    x: Tensor
+    dt_next: Tensor
+    problem: Tensor
+    trials: Tensor
+
+
+def _control(s: Tensor, dt: Tensor, ratio: Tensor, active: Tensor, problem: Tensor, trials: Tensor,
+             s_end: float) -> _Control:
+    """The adaptive controller (:meth:`odernn._rk.RKSolve.adaptive`) for one trial step of a gap block: whether it
+    counts, whether it is accepted, the next step size, and whether something needs the host (a non-finite error
+    estimate or step size, an underflowing step), plus where the step ends relative to ``s_end``."""
+    trials = trials + active.to(torch.int64)
+    problem = problem | (active & ~(torch.isfinite(dt) & (s + dt > s))) | (active & ~torch.isfinite(ratio))
     ok = active & ~problem
     accept = ok & (ratio <= 1)
     lower = torch.where(ratio < 1, torch.ones_like(ratio), torch.full_like(ratio, DFACTOR))
     factor = torch.clamp(torch.maximum(SAFETY / ratio ** (1.0 / DOPRI5.order), lower), max=IFACTOR)
     factor = torch.where(ratio == 0, torch.full_like(ratio, IFACTOR), factor)
-    return ok, accept, torch.where(ok, dt * factor, dt), problem
+    s_new = s + dt
+    return _Control(accept, accept & (s_new >= s_end), s_new, s_new == s_end, (s_end - s) / dt,
+                    torch.where(ok, dt * factor, dt), problem, trials)
+
+
+def _at_end(c: _Control, y0: Tensor, y1: Tensor, ks: List[Tensor], dts: Tensor, y_end: Tensor) -> Tensor:
+    """``y_end`` updated where the step reached the gap's end: the new state if it lands exactly there, else the
+    dense output at the end."""
+    return torch.where(c.ends, torch.where(c.exact, y1, _dense_at(y0, y1, ks, dts, c.x)), y_end)
 
 
 def _dopri5_gap(dyn: nn.Module, t: Tensor, y: Tensor, f: Tensor, fresh: Tensor, s: Tensor, dt: Tensor,
@@ -573,18 +635,12 @@ def _dopri5_gap(dyn: nn.Module, t: Tensor, y: Tensor, f: Tensor, fresh: Tensor, 
         err = _stage_sum(torch.zeros_like(y), ks, DOPRI5.err, dts)
         tol = torch.maximum(y.abs(), yi.abs()) * rtol + atol
         ratio = (_graph_norm(err / tol, rms) + yi.sum() * 0.0).to(_F64)
-        trials = trials + active.to(torch.int64)
-        ok, accept, dt_next, problem = _controller(s, dt, ratio, active, problem)
-        s_new = s + dt
-        ends = accept & (s_new >= s_end)
-        dense = _dense_at(y, yi, ks, dts, (s_end - s) / dt)
-        y_end = torch.where(ends, torch.where(s_new == s_end, yi, dense), y_end)
-        last = torch.where(accept, dt, last)
-        y = torch.where(accept, yi, y)
-        f = torch.where(accept, ks[-1], f)
-        s = torch.where(accept, s_new, s)
-        dt = dt_next
-        done = done | ends
+        c = _control(s, dt, ratio, active, problem, trials, s_end)
+        y_end = _at_end(c, y, yi, ks, dts, y_end)
+        last = torch.where(c.accept, dt, last)
+        y = torch.where(c.accept, yi, y)
+        f = torch.where(c.accept, ks[-1], f)
+        s, dt, problem, trials, done = torch.where(c.accept, c.s_new, s), c.dt_next, c.problem, c.trials, done | c.ends
     stats = torch.stack([done.to(_F64), problem.to(_F64), trials.to(_F64), last])
     return y, f, s, dt, y_end, last, stats
 
@@ -630,33 +686,25 @@ def _dopri5_adjoint_gap(dyn: nn.Module, t: Tensor, z: Tensor, a: Tensor, p: List
         rz = _graph_norm(ez / (torch.maximum(z.abs(), zi.abs()) * rtol + atol), rms)
         ra = _graph_norm(ea / (torch.maximum(a.abs(), ai.abs()) * rtol + atol), rms)
         ratio = (torch.maximum(rz, ra) + zi.sum() * 0.0 + ai.sum() * 0.0).to(_F64)
-        trials = trials + active.to(torch.int64)
-        ok, accept, dt_next, problem = _controller(s, dt, ratio, active, problem)
-        pi = [_stage_sum(p[c], [k[c] for k in kp], DOPRI5.weights, dts) for c in range(len(p))]
-        s_new = s + dt
-        ends = accept & (s_new >= s_end)
-        exact = s_new == s_end
-        x = (s_end - s) / dt
-        z_end = torch.where(ends, torch.where(exact, zi, _dense_at(z, zi, kz, dts, x)), z_end)
-        a_end = torch.where(ends, torch.where(exact, ai, _dense_at(a, ai, ka, dts, x)), a_end)
-        p_end = [torch.where(ends, torch.where(exact, pi[c], _dense_at(p[c], pi[c], [k[c] for k in kp], dts, x)),
-                             p_end[c]) for c in range(len(p))]
-        z = torch.where(accept, zi, z)
-        a = torch.where(accept, ai, a)
-        p = [torch.where(accept, n1, n0) for n1, n0 in zip(pi, p)]
-        fz = torch.where(accept, kz[-1], fz)
-        fa = torch.where(accept, ka[-1], fa)
-        fp = [torch.where(accept, n1, n0) for n1, n0 in zip(kp[-1], fp)]
-        s = torch.where(accept, s_new, s)
-        dt = dt_next
-        done = done | ends
+        c = _control(s, dt, ratio, active, problem, trials, s_end)
+        pi = [_stage_sum(p[j], [k[j] for k in kp], DOPRI5.weights, dts) for j in range(len(p))]
+        z_end = _at_end(c, z, zi, kz, dts, z_end)
+        a_end = _at_end(c, a, ai, ka, dts, a_end)
+        p_end = [_at_end(c, p[j], pi[j], [k[j] for k in kp], dts, p_end[j]) for j in range(len(p))]
+        z = torch.where(c.accept, zi, z)
+        a = torch.where(c.accept, ai, a)
+        p = [torch.where(c.accept, n1, n0) for n1, n0 in zip(pi, p)]
+        fz = torch.where(c.accept, kz[-1], fz)
+        fa = torch.where(c.accept, ka[-1], fa)
+        fp = [torch.where(c.accept, n1, n0) for n1, n0 in zip(kp[-1], fp)]
+        s, dt, problem, trials, done = torch.where(c.accept, c.s_new, s), c.dt_next, c.problem, c.trials, done | c.ends
     stats = torch.stack([done.to(_F64), problem.to(_F64), trials.to(_F64)])
     return z, a, p, fz, fa, fp, s, dt, z_end, a_end, p_end, stats
 
 
-_BASES.update({"gap": _dopri5_gap, "adjoint gap": _dopri5_adjoint_gap, "cell vjp": _cell_vjp})
+_BASES.update({"gap": _dopri5_gap, "adjoint gap": _dopri5_adjoint_gap, "cell vjp": _cell_vjp, "cell": _cell})
 _KIND_NAMES.update({"gap": "dopri5 gap block", "adjoint gap": "adjoint dopri5 gap block",
-                    "cell vjp": "cell vector-Jacobian product"})
+                    "cell vjp": "cell vector-Jacobian product", "cell": "cell"})
 
 _CONST: dict = {}
 
@@ -674,17 +722,35 @@ _ZEROS: dict = {}
 _CACHE_ZEROS = True
 
 
-def _zeros(x: Tensor, slot: int) -> Tensor:
+def cached_zeros(x: Tensor, slot: int) -> Tensor:
     """Zeros shaped like ``x`` for input ``slot`` of a gap block: what a first block computes itself (or carries
-    until the gap's end) is passed in as these placeholders. Cached per slot, shape, dtype and device: the blocks
-    only read their inputs and return new tensors, and the placeholders never leave this module. One tensor per slot,
-    since dynamo guards on inputs aliasing each other."""
+    until the gap's end) is passed in as these placeholders, and the adjoint's parameter channels start from them
+    (slots from 1000). Cached per slot, shape, dtype and device: the solves only read their inputs and return new
+    tensors, so nothing writes to them; never hand one to code that may. One tensor per slot, since dynamo guards on
+    inputs aliasing each other."""
     if not _CACHE_ZEROS:
         return torch.zeros_like(x)
     key = (slot, x.shape, x.dtype, x.device)
     out = _ZEROS.get(key)
     if out is None:
         out = _ZEROS[key] = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    return out
+
+
+_PLACEHOLDERS: dict = {}
+
+
+def _placeholders(z: Tensor, a: Tensor, p: List[Tensor]) -> tuple:
+    """The adjoint block's placeholders (:func:`cached_zeros`) for ``fz, fa, fp, z_end, a_end, p_end``, cached per
+    shapes, dtypes and device."""
+    key = (z.shape, z.dtype, z.device, a.shape, a.dtype, *((x.shape, x.dtype, x.device) for x in p))
+    out = _PLACEHOLDERS.get(key)
+    if out is None or not _CACHE_ZEROS:
+        n = len(p)
+        out = _PLACEHOLDERS[key] = (cached_zeros(z, 0), cached_zeros(a, 1),
+                                    [cached_zeros(x, 2 + c) for c, x in enumerate(p)],
+                                    cached_zeros(z, 2 + n), cached_zeros(a, 3 + n),
+                                    [cached_zeros(x, 4 + n + c) for c, x in enumerate(p)])
     return out
 
 
@@ -722,7 +788,7 @@ def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, fir
     kind = "adjoint gap" if adjoint else "gap"
     steps = gap_block_steps(dev)
     s = _const(float(s_start), _F64, dev)
-    dt = torch.tensor(first, dtype=_F64, device=dev)
+    dt = _const(1.0, _F64, dev) if first == 1.0 else torch.tensor(first, dtype=_F64, device=dev)
     fresh = _const(True, torch.bool, dev)
     t = gap.time(0.0)
     total = 0
@@ -731,11 +797,9 @@ def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, fir
     if adjoint:
         params = dict(zip(gap.names, gap.params))
         z, a, p = y0[0], y0[1], list(y0[2:])
-        fz, fa, fp = _zeros(z, 0), _zeros(a, 1), [_zeros(x, 2 + c) for c, x in enumerate(p)]
-        z_end, a_end = _zeros(z, 2 + len(p)), _zeros(a, 3 + len(p))
-        p_end = [_zeros(x, 4 + len(p) + c) for c, x in enumerate(p)]
+        fz, fa, fp, z_end, a_end, p_end = _placeholders(z, a, p)
     else:
-        y, f, y_end, last = z, _zeros(z, 0), _zeros(z, 1), _const(-1.0, _F64, dev)
+        y, f, y_end, last = z, cached_zeros(z, 0), cached_zeros(z, 1), _const(-1.0, _F64, dev)
     # every tensor input's shape, stride, dtype and device follows from these (and the module's parameters): the
     # signature of a direct call, without reading each input's
     key = (z.shape, z.dtype, dev, gap.scale.shape, gap.scale.dtype, t.shape, t.dtype)
@@ -761,8 +825,7 @@ def compiled_gap(gap, solve, y0: List[Tensor], s_start: float, s_end: float, fir
         if done:
             break
         fresh = _const(False, torch.bool, dev)
-    for _ in range(extra_evals + 1 + (len(DOPRI5.rows)) * total):
-        gap.count(adjoint)
+    gap.count(adjoint, extra_evals + 1 + len(DOPRI5.rows) * total)
     if adjoint:
         return [z_end, a_end, *p_end], None
     return [y_end], stats[3]

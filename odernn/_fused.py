@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ._clip import clip_adjoint, clip_rows
-from ._compile import begin_pass, call_compiled, compiled_gap, compiled_stepper, no_compiler
+from ._compile import begin_pass, cached_zeros, call_compiled, compiled_gap, compiled_stepper, no_compiler
 from ._errors import SolverError, guard_backward
 from ._nfe import BackwardCount
 from ._rk import TABLEAUS, RKSolve, fixed_grid
@@ -125,17 +125,18 @@ class _Gap:
             return self._s0
         return (self.t_from + s * self.dt.to(self.t_from.dtype)).to(self.dt.dtype)
 
-    def count(self, backward: bool) -> None:
-        self.n += 1
+    def count(self, backward: bool, n: int = 1) -> None:
+        """Count ``n`` evaluations of the field (NFE counters; the per-gap budget ``max_evals``)."""
+        self.n += n
         if self.n > self.max_evals:
             raise SolverError(f"the {self.phase} solve evaluated the vector field more than {self.max_evals} times "
                               f"in one gap without finishing; the dynamics may be stiff or blowing up. Loosen "
                               f"rtol/atol, raise max_steps, or regularise the model")
         for c in self.counters:
             if backward:
-                c.backward += 1
+                c.backward += n
             else:
-                c.forward += 1
+                c.forward += n
 
     def __call__(self, s: float, ys: List[Tensor]) -> List[Tensor]:
         self.count(False)
@@ -195,7 +196,7 @@ def _solve_blocks(gap: _Gap, solve: RKSolve, y0: List[Tensor], s0: float, s1: fl
     if first is None:
         saved = gap.compile
         gap.compile = False
-        gap.count = lambda backward: None  # an instance attribute shadowing the method: counted on success below
+        gap.count = lambda backward, n=1: None  # an instance attribute shadowing the method: counted on success below
         try:
             first = solve.initial_step(s0, y0, gap(s0, y0[:solve.n_active]))
         except SolverError:  # the general loop repeats the rule, counts its evaluations and raises
@@ -246,6 +247,8 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
     active = plan.active
     solve = _solve_forward if solve_gap is None else solve_gap
     begin_pass()
+    # nothing recorded for autograd (the adjoint's forward, inference): the cell runs compiled too
+    cell_compiled = plan.update and seq.cfg.compile and not torch.is_grad_enabled()
     pre, post = [], []
     for i in range(T):
         if plan.moves[i]:
@@ -256,7 +259,10 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
         if plan.update:
             if differentiable and seq.clip is not None:
                 z = clip_adjoint(z, seq.clip)
-            zn = seq.cell(cell_x[:, i], z)
+            if cell_compiled:
+                zn = call_compiled(seq.cell, "cell", z, (cell_x[:, i], z), seq.cell)
+            else:
+                zn = seq.cell(cell_x[:, i], z)
             z = zn if active is None else torch.where(active[:, i].unsqueeze(-1), zn, z)
         post.append(z)
     zpre = torch.stack(pre, dim=1)
@@ -297,6 +303,9 @@ class _SequenceAdjoint(torch.autograd.Function):
         tab = TABLEAUS[cfg.method]
         B, T = plan.dt.shape
         a = torch.zeros_like(zpost[:, -1])
+        compiled = _compiled_steps(seq)
+        # the parameter channels start every gap at zero; the compiled solves only read them: one cached set
+        p_zeros = [cached_zeros(p, 1000 + c) for c, p in enumerate(dyn_params)] if compiled else None
         cell_names = None  # compiled cell vector-Jacobian products (Solver(compile=True)): the parameters' names
         if plan.update and cfg.compile and cell_params:
             ids = {id(p): n for n, p in seq.cell.named_parameters()}
@@ -331,9 +340,13 @@ class _SequenceAdjoint(torch.autograd.Function):
                     if vjp[1] is not None:
                         gx[:, i] = vjp[1]
                     off = 2
-                for j, gp in enumerate(vjp[off:]):
-                    if gp is not None:
-                        grads[ctx.n_dyn + j] += gp
+                gps = vjp[off:]
+                if all(gp is not None for gp in gps):
+                    torch._foreach_add_(grads[ctx.n_dyn:ctx.n_dyn + len(gps)], list(gps))
+                else:
+                    for j, gp in enumerate(gps):
+                        if gp is not None:
+                            grads[ctx.n_dyn + j] += gp
                 g = gz
                 if seq.clip is not None:
                     g = clip_rows(g, seq.clip)
@@ -345,10 +358,9 @@ class _SequenceAdjoint(torch.autograd.Function):
                 z_end = zpre[:, i] if probe is None else zpre[:, i] - probe[:, i]
                 aug = _AugmentedGap(seq, i, list(dyn_params), ctx.param_names)
                 solve = RKSolve(tab, cfg, cfg.norm_function, aug, 2, "adjoint (backward)")
-                compiled = _compiled_steps(seq)
                 if compiled:
                     solve.stepper = compiled_stepper(aug, solve, adjoint=True)
-                y0 = [z_end, g, *[torch.zeros_like(p) for p in dyn_params]]
+                y0 = [z_end, g, *(p_zeros if compiled else [torch.zeros_like(p) for p in dyn_params])]
                 if tab.err is None:
                     ys = solve.fixed(y0, fixed_grid(cfg.step_fraction, -1.0, 0.0, z_end.dtype))
                 else:

@@ -124,6 +124,15 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def check_warm_start(warm_start, *, allow_none: bool = False) -> None:
+    """Refuse a ``warm_start`` other than True, False or ``"gap"`` (and ``None`` where ``allow_none``: no change)."""
+    if (allow_none and warm_start is None) or isinstance(warm_start, bool) or warm_start == "gap":
+        return
+    raise ValueError(f"warm_start must be {'None (unchanged), ' if allow_none else ''}True (start from the previous "
+                     f"gap's last accepted step), False (the initial-step heuristic) or \"gap\" (a first trial step "
+                     f"equal to the whole gap), got {warm_start!r}")
+
+
 class ODERNN(nn.Module):
     r"""ODE-RNN (Rubanova et al. 2019) with pluggable NODE / ANODE / SONODE / HBNODE / GHBNODE dynamics.
 
@@ -198,10 +207,7 @@ class ODERNN(nn.Module):
                  norm: Optional[str] = None, max_steps: Optional[int] = None, step_size: Optional[float] = None,
                  options: Optional[dict] = None, lean: Optional[bool] = None) -> None:
         super().__init__()
-        if not (isinstance(warm_start, bool) or warm_start == "gap"):
-            raise ValueError(f"warm_start must be True (start from the previous gap's last accepted step), False "
-                             f"(the initial-step heuristic) or \"gap\" (a first trial step equal to the whole gap), "
-                             f"got {warm_start!r}")
+        check_warm_start(warm_start)
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")

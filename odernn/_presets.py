@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional, Union
 
 from torch import nn
 
+from ._odernn import check_warm_start
 from ._solver import Solver
 
 __all__ = ["solving_with", "paper_solver"]
@@ -37,8 +38,7 @@ def solving_with(model: nn.Module, solver: Union[Solver, Callable[[Solver], Solv
         ValueError: if ``model`` holds no odernn layer (nothing would change).
         TypeError: if ``solver`` is neither a Solver nor callable, or the callable does not return a Solver.
     """
-    if warm_start is not None and not (isinstance(warm_start, bool) or warm_start == "gap"):
-        raise ValueError(f"warm_start must be None, True, False or 'gap', got {warm_start!r}")
+    check_warm_start(warm_start, allow_none=True)
     if not isinstance(solver, Solver) and not callable(solver):
         raise TypeError(f"solver must be an odernn.Solver or a function Solver -> Solver, got {type(solver).__name__}")
     layers = [m for m in model.modules() if isinstance(getattr(m, "solver", None), Solver)]

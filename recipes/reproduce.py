@@ -128,9 +128,25 @@ def protocol(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def _flag(argv: tuple[str, ...], flag: str, default: int) -> int:
+    return int(argv[argv.index(flag) + 1]) if flag in argv else default
+
+
 def finished(run: Run, out: Path) -> bool:
-    """Whether ``run`` already finished: its ``summary.json`` exists and its ``metrics.csv`` reaches ``run.epochs``
-    (runs without a fixed length: never, the recipe itself skips what is done)."""
+    """Whether ``run`` already finished: its ``summary.json`` exists and its ``metrics.csv`` reaches ``run.epochs``;
+    for a chunk of point-cloud runs, every run of the chunk is finished by the recipe's own rule
+    (:func:`recipes.point_cloud.run_finished`). Runs without a fixed length and no such rule: never (the recipe
+    itself skips what is done)."""
+    if run.task == "point_cloud":
+        from .point_cloud import EPOCHS, run_finished
+
+        first, n = _flag(run.argv, "--first-run", 0), _flag(run.argv, "--runs", 1)
+        epochs = _flag(run.argv, "--epochs", EPOCHS)
+        folder = out / run.task / run.model
+        try:
+            return all(run_finished(folder / f"run_{k:03d}" / "result.json", epochs) for k in range(first, first + n))
+        except RecipeError:  # an unreadable result: the recipe reports it when the chunk runs
+            return False
     if run.epochs is None:
         return False
     folder = out / run.task / (run.name or run.model)

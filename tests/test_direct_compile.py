@@ -43,17 +43,19 @@ def _step(m, x, t):
 
 
 def _direct_calls(monkeypatch):
-    """Counts the direct calls that ran compiled code."""
+    """Counts the direct calls that ran compiled code, in all (``"n"``) and per module class name."""
     calls = {"n": 0}
     build = _compile._build_direct
 
-    def counting_build(*a, **k):
-        fn, spec = build(*a, **k)
+    def counting_build(dyn, *a, **k):
+        (fn, spec, keep), compiled = build(dyn, *a, **k)
+        name = type(dyn).__name__
 
         def fn_counted(*xs):
             calls["n"] += 1
+            calls[name] = calls.get(name, 0) + 1
             return fn(*xs)
-        return fn_counted, spec
+        return (fn_counted, spec, keep), compiled
     monkeypatch.setattr(_compile, "_build_direct", counting_build)
     return calls
 
@@ -115,10 +117,10 @@ def test_a_changed_plain_attribute_compiles_again(monkeypatch):
     assert not torch.allclose(after[0], before[0])
 
 
-@pytest.mark.filterwarnings("ignore:Solver.compile=True.: torch's recompile limit")
+@pytest.mark.filterwarnings("ignore:Solver.compile=True.. torch's recompile limit")
 def test_modules_with_forward_hooks_go_through_torch_compile(monkeypatch):
     """A hook's side effects would run only while tracing: a module with forward hooks is not traced directly, and
-    its hook runs on every call (as under torch.compile)."""
+    its hook runs on every call (as under torch.compile); the cell, without hooks, still is."""
     monkeypatch.setattr(_compile, "_DIRECT", True)
     calls = _direct_calls(monkeypatch)
     x, t = _data(4)
@@ -128,5 +130,22 @@ def test_modules_with_forward_hooks_go_through_torch_compile(monkeypatch):
     with torch.no_grad():
         m(x, t)
     handle.remove()
-    assert calls["n"] == 0
+    assert calls.get("HBNODE", 0) == 0 and calls["n"] > 0
     assert len(seen) > 5
+
+
+def test_eval_mode_reuses_the_compiled_code_when_the_graph_is_the_same(monkeypatch):
+    """``model.eval()`` is part of what a direct call is keyed on (a dynamics may read ``training``); when the traced
+    graph is the same, the compiled code is reused: nothing compiles again and nothing counts towards the recompile
+    limit."""
+    monkeypatch.setattr(_compile, "_DIRECT", True)
+    x, t = _data(5)
+    m = _model()
+    with torch.no_grad():
+        train_out = m(x, t)
+        start = len(odernn.compile_log())
+        m.eval()
+        eval_out = m(x, t)
+    assert len(odernn.compile_log()) == start
+    assert torch.equal(train_out, eval_out)
+    assert len(_compile._COMPILED[m.dynamics]["direct"]) > len(_compile._COMPILED[m.dynamics]["graphs"])

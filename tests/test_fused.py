@@ -332,6 +332,24 @@ def test_compiled_gap_blocks_take_the_same_steps_as_the_eager_loop(warm_start, s
     assert {"dopri5 gap block", "adjoint dopri5 gap block", "cell vector-Jacobian product"} <= kinds
 
 
+def _block_step(block, z0):
+    """An ODEBlock's output, parameter gradients of ``sum(out^2)`` and (forward, backward) NFE."""
+    with odernn.nfe_counter(block) as nfe:
+        out = block(z0)
+        out.pow(2).sum().backward()
+    return out.detach(), [p.grad for p in block.parameters()], (nfe.forward, nfe.backward)
+
+
+def _assert_same_steps(got, expected, *, rtol, atol):
+    """The same NFE (the same accepted and rejected steps), outputs and gradients within (output, gradient)
+    tolerances."""
+    (o, g, n), (eo, eg, en) = got, expected
+    assert n == en
+    torch.testing.assert_close(o, eo, rtol=rtol[0], atol=atol[0])
+    for a, b in zip(g, eg):
+        torch.testing.assert_close(a, b, rtol=rtol[1], atol=atol[1])
+
+
 @pytest.mark.parametrize("adjoint", [True, False])
 @pytest.mark.parametrize("name", ["node", "anode", "sonode", "hbnode", "ghbnode"])
 def test_odeblock_runs_the_fused_solve_with_the_same_steps(name, adjoint):
@@ -347,15 +365,8 @@ def test_odeblock_runs_the_fused_solve_with_the_same_steps(name, adjoint):
         block = odernn.ODEBlock(dyn, t0=0.0, t1=1.0, rtol=1e-6, atol=1e-7, adjoint=adjoint).double()
         block.solver = block.solver.replace(fused=fused)
         z0 = torch.randn(2, dyn.state_size(C), 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        with odernn.nfe_counter(block) as nfe:
-            out = block(z0)
-            out.pow(2).sum().backward()
-        res.append((out.detach(), [p.grad for p in block.parameters()], (nfe.forward, nfe.backward)))
-    (fo, fg, fn), (ro, rg, rn) = res
-    assert fn == rn
-    torch.testing.assert_close(fo, ro, rtol=1e-13, atol=1e-13)
-    for a, b in zip(fg, rg):
-        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+        res.append(_block_step(block, z0))
+    _assert_same_steps(*res, rtol=(1e-13, 1e-11), atol=(1e-13, 1e-13))
 
 
 @needs_compiler
@@ -369,15 +380,8 @@ def test_odeblock_compiled_gap_blocks_on_image_states():
         solver = odernn.Solver(rtol=1e-6, atol=1e-7, compile=compile_)
         block = odernn.ODEBlock(odernn.HBNODE(net), solver=solver).double()
         z0 = torch.randn(2, 6, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        with odernn.nfe_counter(block) as nfe:
-            out = block(z0)
-            out.pow(2).sum().backward()
-        res.append((out.detach(), [p.grad for p in block.parameters()], (nfe.forward, nfe.backward)))
-    (eo, eg, en), (co, cg, cn) = res
-    assert cn == en
-    torch.testing.assert_close(co, eo, rtol=1e-11, atol=1e-12)
-    for a, b in zip(cg, eg):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        res.append(_block_step(block, z0))
+    _assert_same_steps(*res, rtol=(1e-11, 1e-10), atol=(1e-12, 1e-12))
     assert {"dopri5 gap block", "adjoint dopri5 gap block"} <= {e["kind"] for e in odernn.compile_log()}
 
 

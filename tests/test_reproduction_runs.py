@@ -4,6 +4,7 @@ runs that continue exactly on a fresh clone holding only the committed run folde
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_paper_solver_is_the_per_gap_design_and_restores_the_model():
     with pytest.raises(TypeError, match="Solver"):
         with odernn.solving_with(model, "dopri5"):
             pass
-    with pytest.raises(ValueError, match="'gap'"):
+    with pytest.raises(ValueError, match="warm_start must be None .*, True .*, False .* or \"gap\".*'yes'"):
         with odernn.solving_with(model, odernn.Solver(), warm_start="yes"):
             pass
     with odernn.solving_with(model, odernn.Solver(rtol=1e-6, atol=1e-6), warm_start="gap"):
@@ -211,3 +212,32 @@ def test_resume_of_a_run_stopped_before_its_first_epoch_starts_it(tmp_path):
     shutil.copy(tmp_path / "a" / "hbnode" / "config.json", folder / "config.json")
     walker2d.main([*TINY, "--epochs", "1", "--resume", "--out", str(tmp_path / "b")])
     assert _rows(tmp_path / "a" / "hbnode") == _rows(folder)
+
+
+def test_point_cloud_chunks_are_finished_by_the_recipes_own_rule(tmp_path):
+    """One rule decides whether a point-cloud run is done (its result.json holds the epochs, or a failure), for the
+    recipe's --resume and for the reproduce driver, which then skips a chunk whose runs are all done."""
+    from recipes import point_cloud
+
+    folder = tmp_path / "point_cloud" / "hbnode"
+    chunk = reproduce.Run("point_cloud", "hbnode", ("--model", "hbnode", "--runs", "3", "--first-run", "2"),
+                          name="hbnode/runs_002-004")
+
+    def write(run, **row):
+        (folder / f"run_{run:03d}").mkdir(parents=True, exist_ok=True)
+        (folder / f"run_{run:03d}" / "result.json").write_text(json.dumps({"run": run, **row}))
+
+    write(2, failed=0, epochs=point_cloud.EPOCHS)
+    write(3, failed=1, epochs=None)  # a blown-up run is a result
+    assert not reproduce.finished(chunk, tmp_path)  # run 4 missing
+    write(4, failed=0, epochs=point_cloud.EPOCHS - 1)  # stopped early: not finished
+    assert not reproduce.finished(chunk, tmp_path)
+    assert not point_cloud.run_finished(folder / "run_004" / "result.json", point_cloud.EPOCHS)
+    write(4, failed=0, epochs=point_cloud.EPOCHS)
+    assert reproduce.finished(chunk, tmp_path)
+    longer = dataclasses.replace(chunk, argv=chunk.argv + ("--epochs", str(point_cloud.EPOCHS + 1)))
+    assert not reproduce.finished(longer, tmp_path)  # an explicit --epochs is the length to reach
+    (folder / "run_003" / "result.json").write_text("[1, 2]")  # unreadable: left to the recipe, which says so
+    assert not reproduce.finished(chunk, tmp_path)
+    with pytest.raises(point_cloud.RecipeError, match="not a point-cloud run result"):
+        point_cloud.run_finished(folder / "run_003" / "result.json", point_cloud.EPOCHS)
