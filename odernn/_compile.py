@@ -102,11 +102,6 @@ def _dopri5_adjoint_step(dyn: nn.Module, t: Tensor, z0: Tensor, a0: Tensor, fz0:
     return kz[1:], ka[1:], kp, zi, ai, torch.maximum(rz, ra) + zi.sum() * 0.0 + ai.sum() * 0.0
 
 
-def _cell(cell: nn.Module, x: Tensor, z: Tensor) -> Tensor:
-    """The RNN cell's update at an observation (the forward loop without autograd recording)."""
-    return cell(x, z)
-
-
 def _cell_vjp(cell: nn.Module, x: Tensor, z: Tensor, g: Tensor, params: dict):
     """The RNN cell's vector-Jacobian product ``g^T d cell(x, z) / d(z, x, params)`` in one graph (the sequence
     adjoint's step at an observation)."""
@@ -134,9 +129,8 @@ def compile_log() -> List[dict]:
     shape, dtype, device or grad mode, or a changed attribute of the dynamics that its compiled code depends on).
 
     Each entry: ``kind`` (``"dopri5 gap block"``, ``"adjoint dopri5 gap block"``, ``"dopri5 step"``,
-    ``"adjoint dopri5 step"``, ``"field"``, ``"adjoint field"``, ``"cell vector-Jacobian product"``, ``"cell"``),
-    ``dynamics`` (the class name of the compiled module: the dynamics, or the ODE-RNN's cell for the last two kinds),
-    ``state_shape`` (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile``
+    ``"adjoint dopri5 step"``, ``"field"``, ``"adjoint field"``, ``"cell vector-Jacobian product"``), ``dynamics``
+    (the class name of the compiled module: the dynamics, or the ODE-RNN's cell for the last kind), ``state_shape`` (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile``
     (``False`` for the first compile of this kind for this dynamics) and ``seconds``, the wall time of the call that
     compiled (tracing and compiling included; a compile found in torch's on-disk cache is fast).
 
@@ -702,9 +696,9 @@ def _dopri5_adjoint_gap(dyn: nn.Module, t: Tensor, z: Tensor, a: Tensor, p: List
     return z, a, p, fz, fa, fp, s, dt, z_end, a_end, p_end, stats
 
 
-_BASES.update({"gap": _dopri5_gap, "adjoint gap": _dopri5_adjoint_gap, "cell vjp": _cell_vjp, "cell": _cell})
+_BASES.update({"gap": _dopri5_gap, "adjoint gap": _dopri5_adjoint_gap, "cell vjp": _cell_vjp})
 _KIND_NAMES.update({"gap": "dopri5 gap block", "adjoint gap": "adjoint dopri5 gap block",
-                    "cell vjp": "cell vector-Jacobian product", "cell": "cell"})
+                    "cell vjp": "cell vector-Jacobian product"})
 
 _CONST: dict = {}
 

@@ -68,7 +68,8 @@ class Plan(NamedTuple):
 
     ``dt`` (B, T) gaps in the state dtype (0 where a sample does not move), ``t_from`` (B, T) start times (only read
     by time-dependent fields), ``active`` (B, T) bool or None (which samples the cell updates), ``moves[i]`` whether
-    any sample moves before observation ``i``, ``spans[i]`` the largest gap there, ``update`` whether the cell runs.
+    any sample moves before observation ``i``, ``spans[i]`` the largest gap there, ``update`` whether the cell runs;
+    ``dt_rows`` (T, B) the gaps transposed and contiguous (each gap's column without a copy), or None.
     """
 
     dt: Tensor
@@ -77,11 +78,12 @@ class Plan(NamedTuple):
     moves: List[bool]
     spans: List[float]
     update: bool
+    dt_rows: Optional[Tensor] = None
 
 
 def make_plan(dt: Tensor, t_from: Tensor, active: Optional[Tensor], update: bool) -> Plan:
     span = dt.max(dim=0).values.tolist() if dt.shape[0] else []
-    return Plan(dt, t_from, active, [s > 0 for s in span], span, update)
+    return Plan(dt, t_from, active, [s > 0 for s in span], span, update, dt.t().contiguous())
 
 
 # -- the sequence ---------------------------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ class _Gap:
     def __init__(self, seq: Sequence_, i: int, phase: str) -> None:
         self.dyn = seq.dynamics
         plan = seq.plan
-        dt = plan.dt[:, i]
+        dt = plan.dt[:, i] if plan.dt_rows is None else plan.dt_rows[i]
         self.scale = dt.reshape((-1,) + (1,) * (seq.state_dim - 1)).contiguous()  # one stride for compiled code
         self.dt = dt
         self.t_from = plan.t_from[:, i] if seq.needs_time else None
@@ -247,8 +249,6 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
     active = plan.active
     solve = _solve_forward if solve_gap is None else solve_gap
     begin_pass()
-    # nothing recorded for autograd (the adjoint's forward, inference): the cell runs compiled too
-    cell_compiled = plan.update and seq.cfg.compile and not torch.is_grad_enabled()
     pre, post = [], []
     for i in range(T):
         if plan.moves[i]:
@@ -259,10 +259,7 @@ def _forward_loop(seq: Sequence_, z: Tensor, cell_x: Optional[Tensor], probe: Op
         if plan.update:
             if differentiable and seq.clip is not None:
                 z = clip_adjoint(z, seq.clip)
-            if cell_compiled:
-                zn = call_compiled(seq.cell, "cell", z, (cell_x[:, i], z), seq.cell)
-            else:
-                zn = seq.cell(cell_x[:, i], z)
+            zn = seq.cell(cell_x[:, i], z)
             z = zn if active is None else torch.where(active[:, i].unsqueeze(-1), zn, z)
         post.append(z)
     zpre = torch.stack(pre, dim=1)
@@ -312,15 +309,17 @@ class _SequenceAdjoint(torch.autograd.Function):
             cell_names = [ids.get(id(p)) for p in cell_params]
             if None in cell_names:  # not the module's own parameters: the eager product
                 cell_names = None
+            else:  # per observation contiguous rows without a copy each, one parameter dict
+                x_rows, z_rows = cell_x.transpose(0, 1).contiguous(), zpre.transpose(0, 1).contiguous()
+                cell_dict = dict(zip(cell_names, cell_params))
         for i in range(T - 1, -1, -1):
             g = a if g_post is None else a + g_post[:, i]
             if plan.update:
                 act = None if plan.active is None else plan.active[:, i].unsqueeze(-1)
                 g_new = g if act is None else torch.where(act, g, torch.zeros((), dtype=g.dtype, device=g.device))
                 if cell_names is not None:  # compiled: one call, no autograd graph
-                    vjp = call_compiled(seq.cell, "cell vjp", g, (cell_x[:, i].contiguous(),
-                                                                   zpre[:, i].contiguous(), g_new.contiguous(),
-                                                                   dict(zip(cell_names, cell_params))), no_compiler)
+                    vjp = call_compiled(seq.cell, "cell vjp", g, (x_rows[i], z_rows[i], g_new.contiguous(), cell_dict),
+                                        no_compiler)
                     if vjp is not None:
                         gz, gxi, gps = vjp
                         vjp = (gz, gxi, *(gps[n] for n in cell_names)) if need_x else \
