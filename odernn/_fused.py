@@ -340,7 +340,7 @@ class _SequenceAdjoint(torch.autograd.Function):
                         gx[:, i] = vjp[1]
                     off = 2
                 gps = vjp[off:]
-                if all(gp is not None for gp in gps):
+                if gps and all(gp is not None for gp in gps):
                     torch._foreach_add_(grads[ctx.n_dyn:ctx.n_dyn + len(gps)], list(gps))
                 else:
                     for j, gp in enumerate(gps):
