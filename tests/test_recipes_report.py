@@ -171,9 +171,15 @@ def test_rerun_matches_the_committed_first_epochs(tmp_path, task):
     {"plane_vibration": plane_vibration, "walker2d": walker2d}[task].main(argv)
     ours, theirs = read_csv(tmp_path / "hbnode" / "metrics.csv"), read_csv(folder / "metrics.csv")[:2]
     assert [r["epoch"] for r in ours] == [1, 2]
+    # NFEs: the code has changed since these rows were written (compiled gap blocks, issue 20), with results equal to
+    # round-off, and a last-bit difference can flip one trial step's acceptance (6 evaluations): that moves a
+    # per-batch mean by 6 / batches, 0.75 of 621 on plane vibration (0.12%; seen at epoch 1 of its backward NFE),
+    # 0.16 of 558 on Walker2D (seen in its forward NFE). Two such flips pass, a different solve does not.
     for a, b in zip(ours, theirs):
-        assert (a["forward_nfe"], a["backward_nfe"], a["test_nfe"]) == (b["forward_nfe"], b["backward_nfe"],
-                                                                         b["test_nfe"])
-        assert a.get("paper_forward_nfe") == b.get("paper_forward_nfe")
+        for key in ("forward_nfe", "backward_nfe", "test_nfe", "paper_forward_nfe"):
+            if b.get(key) is None:
+                assert a.get(key) is None, key
+            else:
+                assert a[key] == pytest.approx(b[key], rel=2e-3), key
         for key in ("train_loss", "valid_loss", "test_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
