@@ -324,13 +324,20 @@ def _out_flat(out, acc: list) -> list:
     return acc
 
 
-def _out_build(spec, it):
-    if spec is None:
-        return next(it)
-    if spec[0] == "d":
-        return {k: _out_build(s, it) for k, s in zip(spec[1], spec[2])}
-    vals = [_out_build(s, it) for s in spec[1]]
-    return tuple(vals) if spec[0] == "t" else vals
+def _builder(spec) -> Callable:
+    """A function that rebuilds the structure ``spec`` (:func:`_out_spec`) from the flat list of a compiled call's
+    outputs: one expression generated once per compiled function (no recursion per call)."""
+    counter = iter(range(1 << 30))
+
+    def expr(sp) -> str:
+        if sp is None:
+            return f"x[{next(counter)}]"
+        if sp[0] == "d":
+            return "{" + ", ".join(f"{k!r}: {expr(v)}" for k, v in zip(sp[1], sp[2])) + "}"
+        items = "".join(expr(v) + ", " for v in sp[1])
+        return f"({items})" if sp[0] == "t" else f"[{items}]"
+
+    return eval(f"lambda x: {expr(spec)}", {})  # noqa: S307 (keys are the module's own parameter names, via repr)
 
 
 class _Runner(nn.Module):
@@ -379,7 +386,7 @@ def _build_direct(dyn: nn.Module, kind: str, state: _ModuleState, struct: tuple,
         same = (kind, gm.code, keep, tuple((t.shape, t.stride(), t.dtype, t.device) for t in inputs))
         if same in graphs:
             return graphs[same], False
-    hit = (compile_fx(gm, inputs, config_patches=dict(_OPTIONS)), spec[0], keep)
+    hit = (compile_fx(gm, inputs, config_patches=dict(_OPTIONS)), _builder(spec[0]), keep)
     if same is not None:
         graphs[same] = hit
     return hit, True
@@ -422,8 +429,8 @@ def _call_direct(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Calla
         if compiled:
             counts[kind] = counts.get(kind, 0) + 1
             _log_compile(dyn, kind, z, time.perf_counter() - start)
-    fn, spec, keep = hit
-    return _out_build(spec, iter(fn(*state.subset(keep), *tensors)))
+    fn, build, keep = hit
+    return build(fn(*state.subset(keep), *tensors))
 
 
 def _graphs_compiled() -> int:

@@ -216,7 +216,7 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
     gap = _Gap(seq, i, "forward")
     solve = RKSolve(tab, cfg, cfg.norm_function, gap, 1, "forward")
     compiled = _compiled_steps(seq)
-    if compiled:
+    if compiled and (tab.err is None or torch.is_grad_enabled()):  # else the blocks first, the stepper if needed
         solve.stepper = compiled_stepper(gap, solve, adjoint=False)
     if tab.err is None:
         (z,) = solve.fixed([z], fixed_grid(cfg.step_fraction, 0.0, 1.0, z.dtype))
@@ -232,6 +232,8 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
     done = _solve_blocks(gap, solve, [z], 0.0, 1.0, first, False) if compiled and not torch.is_grad_enabled() \
         else None
     if done is None:
+        if compiled and solve.stepper is None:
+            solve.stepper = compiled_stepper(gap, solve, adjoint=False)
         done = solve.adaptive([z], 0.0, 1.0, first)
     (z,), last = done
     return z, (step if last is None else last * span)
@@ -357,14 +359,17 @@ class _SequenceAdjoint(torch.autograd.Function):
                 z_end = zpre[:, i] if probe is None else zpre[:, i] - probe[:, i]
                 aug = _AugmentedGap(seq, i, list(dyn_params), ctx.param_names)
                 solve = RKSolve(tab, cfg, cfg.norm_function, aug, 2, "adjoint (backward)")
-                if compiled:
-                    solve.stepper = compiled_stepper(aug, solve, adjoint=True)
                 y0 = [z_end, g, *(p_zeros if compiled else [torch.zeros_like(p) for p in dyn_params])]
                 if tab.err is None:
                     ys = solve.fixed(y0, fixed_grid(cfg.step_fraction, -1.0, 0.0, z_end.dtype))
                 else:
                     done = _solve_blocks(aug, solve, y0, -1.0, -0.0, ctx.firsts[i], True) if compiled else None
-                    ys, _ = solve.adaptive(y0, -1.0, -0.0, ctx.firsts[i]) if done is None else done
+                    if done is None:
+                        if compiled:  # the general loop with compiled steps
+                            solve.stepper = compiled_stepper(aug, solve, adjoint=True)
+                        ys, _ = solve.adaptive(y0, -1.0, -0.0, ctx.firsts[i])
+                    else:
+                        ys, _ = done
                 if tab.err is None and not bool(torch.isfinite(ys[1]).all()):
                     raise SolverError(f"the adjoint (backward) solve ({cfg.method!r}) produced a non-finite state: "
                                       f"the dynamics blew up backwards; use a smaller step_fraction or an adaptive "
