@@ -130,9 +130,10 @@ def compile_log() -> List[dict]:
 
     Each entry: ``kind`` (``"dopri5 gap block"``, ``"adjoint dopri5 gap block"``, ``"dopri5 step"``,
     ``"adjoint dopri5 step"``, ``"field"``, ``"adjoint field"``, ``"cell vector-Jacobian product"``), ``dynamics``
-    (the class name of the compiled module: the dynamics, or the ODE-RNN's cell for the last kind), ``state_shape`` (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile``
-    (``False`` for the first compile of this kind for this dynamics) and ``seconds``, the wall time of the call that
-    compiled (tracing and compiling included; a compile found in torch's on-disk cache is fast).
+    (the class name of the compiled module: the dynamics, or the ODE-RNN's cell for the last kind), ``state_shape``
+    (the full shape, batch included), ``dtype``, ``device``, ``grad`` (grad mode), ``recompile`` (``False`` for the
+    first compile of this kind for this dynamics) and ``seconds``, the wall time of the call that compiled (tracing
+    and compiling included; a compile found in torch's on-disk cache is fast).
 
     Calls that autograd does not record are traced once per input signature (shapes, strides, dtypes, device,
     constants) and per state of the module (parameter and buffer shapes, training flags, plain attributes, read once
@@ -170,21 +171,34 @@ def _fresh(fn: Callable, tag: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
-def _compiled(dyn: nn.Module, kind: str, z: Tensor) -> Optional[Callable]:
-    """The compiled evaluation ``kind`` for ``dyn`` (built on first use), or ``None`` to run eagerly."""
+def _entry(dyn: nn.Module) -> dict:
+    """The compile state of ``dyn`` (created on first use)."""
     entry = _COMPILED.get(dyn)
     if entry is None:
         entry = _COMPILED[dyn] = {"eager": False, "seen": set()}
+    return entry
+
+
+def _can_compile(entry: dict, device: torch.device) -> bool:
+    """Whether a compiler for ``device`` exists; without one, ``entry`` runs eagerly from now on (one warning)."""
+    if _compiler_available(device):
+        return True
+    entry["eager"] = True
+    _warn_once(f"nocompiler-{device.type}",
+               f"Solver(compile=True): no compiler for {device.type} was found (a C++ compiler such as g++ on "
+               f"the CPU, triton on CUDA); running the solver loop eagerly")
+    return False
+
+
+def _compiled(dyn: nn.Module, kind: str, z: Tensor) -> Optional[Callable]:
+    """The compiled evaluation ``kind`` for ``dyn`` (built on first use), or ``None`` to run eagerly."""
+    entry = _entry(dyn)
     if entry["eager"]:
         return None
     fn = entry.get(kind)
     if fn is not None:
         return fn
-    if not _compiler_available(z.device):
-        entry["eager"] = True
-        _warn_once(f"nocompiler-{z.device.type}",
-                   f"Solver(compile=True): no compiler for {z.device.type} was found (a C++ compiler such as g++ on "
-                   f"the CPU, triton on CUDA); running the solver loop eagerly")
+    if not _can_compile(entry, z.device):
         return None
     # static shapes: far less per-call overhead than dynamic ones; a new batch size compiles once more
     # fullgraph: a graph break would put host synchronisations back into a step; it (and reaching torch's
@@ -283,7 +297,7 @@ def _flatten(args: tuple, with_sig: bool):
             struct.append(len(a))
         elif type(a) is dict:
             tensors.extend(a.values())
-            struct.append(tuple(a))
+            struct.append(("dict", tuple(a)))
         else:
             struct.append(("const", a))
     if with_sig:
@@ -302,7 +316,7 @@ def _unflatten(tensors, struct) -> list:
         elif s[0] == "const":
             out.append(s[1])
         else:
-            out.append({k: next(it) for k in s})
+            out.append({k: next(it) for k in s[1]})
     return out
 
 
@@ -355,14 +369,14 @@ class _Runner(nn.Module):
 def _build_direct(dyn: nn.Module, kind: str, state: _ModuleState, struct: tuple, tensors: list, graphs: dict):
     """Trace ``kind`` of ``dyn`` over flat inputs with make_fx and compile it with inductor. A traced graph equal to
     one compiled before for this module (code and input layouts; e.g. after ``model.eval()`` for a dynamics that
-    never reads ``training``) reuses that compiled code. Returns ``(fn, output spec, kept parameters)`` and whether
-    it compiled."""
+    never reads ``training``) reuses that compiled code. Returns ``(fn, output builder, kept parameters)`` and
+    whether it compiled."""
     from torch._inductor.compile_fx import compile_fx
     from torch.fx.experimental.proxy_tensor import make_fx
 
     runner = _Runner(dyn, _BASES[kind])
     # parameters that the call passes itself (the adjoint's and the cell product's ``params``) are not passed twice
-    given = {k for s in struct if type(s) is tuple and s and s[0] != "const" for k in s}
+    given = {k for s in struct if type(s) is tuple and s[0] == "dict" for k in s[1]}
     keep = tuple(i for i, k in enumerate(state.names) if k not in given)
     keys = ["dyn." + state.names[i] for i in keep]
     n = len(keep)
@@ -394,9 +408,7 @@ def _build_direct(dyn: nn.Module, kind: str, state: _ModuleState, struct: tuple,
 
 def _call_direct(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Callable, key: Optional[tuple]):
     """:func:`call_compiled` for calls autograd does not record (see ``_DIRECT``)."""
-    entry = _COMPILED.get(dyn)
-    if entry is None:
-        entry = _COMPILED[dyn] = {"eager": False, "seen": set()}
+    entry = _entry(dyn)
     if entry["eager"]:
         return eager(*args)
     state = _module_state(dyn, entry)
@@ -407,11 +419,7 @@ def _call_direct(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Calla
     direct = entry.setdefault("direct", {})
     hit = direct.get(full)
     if hit is None:
-        if not _compiler_available(z.device):
-            entry["eager"] = True
-            _warn_once(f"nocompiler-{z.device.type}",
-                       f"Solver(compile=True): no compiler for {z.device.type} was found (a C++ compiler such as g++ "
-                       f"on the CPU, triton on CUDA); running the solver loop eagerly")
+        if not _can_compile(entry, z.device):
             return eager(*args)
         counts = entry.setdefault("direct counts", {})
         if counts.get(kind, 0) >= torch._dynamo.config.recompile_limit:

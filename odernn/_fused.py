@@ -215,9 +215,7 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
     tab = TABLEAUS[cfg.method]
     gap = _Gap(seq, i, "forward")
     solve = RKSolve(tab, cfg, cfg.norm_function, gap, 1, "forward")
-    compiled = _compiled_steps(seq)
-    if compiled and (tab.err is None or torch.is_grad_enabled()):  # else the blocks first, the stepper if needed
-        solve.stepper = compiled_stepper(gap, solve, adjoint=False)
+    compiled = _compiled_steps(seq)  # dopri5 only: never with the fixed grid below
     if tab.err is None:
         (z,) = solve.fixed([z], fixed_grid(cfg.step_fraction, 0.0, 1.0, z.dtype))
         return z, step
@@ -232,7 +230,7 @@ def _solve_forward(seq: Sequence_, z: Tensor, i: int, step: Optional[float], fir
     done = _solve_blocks(gap, solve, [z], 0.0, 1.0, first, False) if compiled and not torch.is_grad_enabled() \
         else None
     if done is None:
-        if compiled and solve.stepper is None:
+        if compiled:  # the general loop with compiled steps
             solve.stepper = compiled_stepper(gap, solve, adjoint=False)
         done = solve.adaptive([z], 0.0, 1.0, first)
     (z,), last = done
@@ -341,13 +339,9 @@ class _SequenceAdjoint(torch.autograd.Function):
                     if vjp[1] is not None:
                         gx[:, i] = vjp[1]
                     off = 2
-                gps = vjp[off:]
-                if gps and all(gp is not None for gp in gps):
-                    torch._foreach_add_(grads[ctx.n_dyn:ctx.n_dyn + len(gps)], list(gps))
-                else:
-                    for j, gp in enumerate(gps):
-                        if gp is not None:
-                            grads[ctx.n_dyn + j] += gp
+                pairs = [(grads[ctx.n_dyn + j], gp) for j, gp in enumerate(vjp[off:]) if gp is not None]
+                if pairs:  # one dispatch for all the cell's parameter gradients
+                    torch._foreach_add_([d for d, _ in pairs], [gp for _, gp in pairs])
                 g = gz
                 if seq.clip is not None:
                     g = clip_rows(g, seq.clip)

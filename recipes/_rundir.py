@@ -172,7 +172,8 @@ def plan_run(folder: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -
 
     Returns:
         ``"resume"`` (``resume`` and a checkpoint exists), ``"fresh"`` (nothing there, or ``--resume`` into a folder
-        that is empty or holds only the ``config.json`` of a run stopped before its first epoch ended) or ``"overwrite"`` (``overwrite`` and an old run exists: the caller removes :data:`RUN_FILES` and the
+        that is empty or holds only the ``config.json`` of a run stopped before its first epoch ended) or
+        ``"overwrite"`` (``overwrite`` and an old run exists: the caller removes :data:`RUN_FILES` and the
         checkpoint).
 
     Raises:
