@@ -204,9 +204,9 @@ def base_parser(description: str, *, models: Sequence[str], defaults: Optional[M
     runs), ``--max-eval-batches`` (per evaluation set; defaults to ``--max-batches``), ``--batch-size``,
     ``--eval-batch-size`` (default: ``--batch-size``), ``--lr``, the solver (``--method``, ``--rtol``, ``--atol``,
     ``--adjoint/--no-adjoint``, ``--step-fraction`` or ``--step-size``, ``--compile {auto,on,off}``: see
-    :func:`solver_from_args`), ``--adjoint-clip``, ``--seed``, ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``--out``,
-    ``--checkpoint-dir``, ``--resume`` / ``--overwrite``, ``--threads`` (``torch.set_num_threads``), ``--workers``
-    (DataLoader worker processes), ``--progress/--no-progress``.
+    :func:`solver_from_args`), ``--adjoint-clip``, ``--seed``, ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``),
+    ``--out``, ``--checkpoint-dir``, ``--resume`` / ``--overwrite``, ``--threads`` (``torch.set_num_threads``),
+    ``--workers`` (DataLoader worker processes), ``--progress/--no-progress``.
 
     Args:
         description: shown by ``--help``.
@@ -241,7 +241,8 @@ def base_parser(description: str, *, models: Sequence[str], defaults: Optional[M
     p.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="training batch size")
     p.add_argument("--eval-batch-size", type=positive_int, default=d["eval_batch_size"],
                    help="evaluation batch size; default: --batch-size")
-    p.add_argument("--lr", type=positive_float, default=d["lr"], help="Adam learning rate (constant; see --lr-schedule)")
+    p.add_argument("--lr", type=positive_float, default=d["lr"],
+                   help="Adam learning rate (constant; see --lr-schedule)")
     p.add_argument("--lr-schedule", type=lr_schedule_arg, default=d["lr_schedule"], metavar="{official,E:LR,...}",
                    help="learning-rate schedule instead of the constant --lr: EPOCH:LR pairs (e.g. 0:1e-3,50:3e-3: "
                         "rate 1e-3 for the first 50 epochs, then 3e-3), or 'official' for the official code's "

@@ -110,8 +110,8 @@ class RunLock:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise RunFolderError(f"cannot create the lock file {self.path} ({e.strerror or e}): the run folder must "
-                                     f"be writable; choose another --out") from None
+                raise RunFolderError(f"cannot create the lock file {self.path} ({e.strerror or e}): "
+                                     f"the run folder must be writable; choose another --out") from None
             try:
                 held = self._try_lock(fd)
                 if held is not None:

@@ -122,8 +122,8 @@ def protocol(args: argparse.Namespace) -> list[Run]:
                 for first in range(0, args.pc_runs, size):
                     n = min(size, args.pc_runs - first)
                     argv = ["--model", m, "--runs", str(n), "--first-run", str(first), "--device", args.device,
-                            "--threads", str(args.threads), *files(task), *again, "--no-progress", "--no-aggregate", "--drop-checkpoints",
-                            *extra_args]
+                            "--threads", str(args.threads), *files(task), *again, "--no-progress", "--no-aggregate",
+                            "--drop-checkpoints", *extra_args]
                     runs.append(Run(task, m, tuple(argv), name=f"{m}/runs_{first:03d}-{first + n - 1:03d}"))
     return runs
 
@@ -269,8 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
             r, started, log = running.pop(proc)
             status[r.label] = proc.returncode
             what = "finished" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {log})"
-            print(f"{r.label} {what} after {(time.monotonic() - started) / 3600:.2f} h{_after(r, proc.returncode, args)}",
-                  flush=True)
+            hours = (time.monotonic() - started) / 3600
+            print(f"{r.label} {what} after {hours:.2f} h{_after(r, proc.returncode, args)}", flush=True)
     if "point_cloud" in args.tasks and not any(v for k, v in status.items() if k.startswith("point_cloud/")):
         _aggregate_point_cloud(args)
     if args.report:

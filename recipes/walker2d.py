@@ -47,7 +47,8 @@ from ._cli import add_hybrid_flags, base_parser, run_cli, solver_from_args, xi_k
 from ._driver import RecipeSpec, run_recipe
 from ._ncde import NeuralCDE, ncde_width_for
 
-__all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "OFFICIAL_LR_SCHEDULES", "build_model", "main", "make_parser", "make_spec"]
+__all__ = ["MODELS", "PAPER_MODELS", "TABLE4_PARAMS", "ARCH", "OFFICIAL_LR_SCHEDULES", "build_model", "main",
+           "make_parser", "make_spec"]
 
 MODELS = ("node", "anode", "sonode", "hbnode", "ghbnode", "ncde")
 PAPER_MODELS = MODELS[:5]

@@ -75,12 +75,13 @@ def read_covariates(X: Any, *, layout: str, ids: Sequence, kind: str, axis_origi
 
 
 def merge_rows(t_y: np.ndarray, y: np.ndarray, t_x: Optional[np.ndarray], c: Optional[np.ndarray],
-               known: np.ndarray, lead: float, *, keep_after: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               known: np.ndarray, lead: float, *,
+               keep_after: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One timeline from targets (t_y (n,), y (n, k)) and covariates (t_x (m,), c (m, p)) in model time.
 
-    Known covariates move ``lead`` (model time units: ``KNOWN_LEAD`` typical gaps) earlier. Unless ``keep_after``, covariate rows after the last target stamp
-    are dropped (future covariates belong to ``predict``). Returns (times (r,), y (r, k), c (r, p)), NaN where a
-    row does not hold a value.
+    Known covariates move ``lead`` (model time units: ``KNOWN_LEAD`` typical gaps) earlier. Unless ``keep_after``,
+    covariate rows after the last target stamp are dropped (future covariates belong to ``predict``). Returns
+    (times (r,), y (r, k), c (r, p)), NaN where a row does not hold a value.
     """
     k, p = y.shape[1], len(known)
     if t_x is None or len(t_x) == 0:

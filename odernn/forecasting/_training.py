@@ -26,8 +26,8 @@ from torch import Tensor
 
 from .. import ODERNN, SolverError, nfe_counter
 
-__all__ = ["threads", "encode", "add_seasonal_skip", "with_skip", "masked_mse", "window_loss", "Batch", "make_batch", "batch_predictions", "train",
-           "TrainSettings"]
+__all__ = ["threads", "encode", "add_seasonal_skip", "with_skip", "masked_mse", "window_loss", "Batch", "make_batch",
+           "batch_predictions", "train", "TrainSettings"]
 
 
 @contextlib.contextmanager
