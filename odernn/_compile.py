@@ -429,9 +429,7 @@ def _call_direct(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Calla
         try:
             hit, compiled = _build_direct(dyn, kind, state, struct, tensors, entry.setdefault("graphs", {}))
         except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
-            entry["eager"] = True
-            _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
-                                                     f"({type(e).__name__}: {e}); running the solver loop eagerly")
+            _compile_failed(dyn, e)
             return eager(*args)
         direct[full] = hit
         if compiled:
@@ -455,6 +453,12 @@ def _limit_warning(dyn: nn.Module, kind: str, z: Tensor) -> None:
                f"compiles once more. This dynamics now runs eagerly (slower, same results). Keep batch sizes "
                f"fixed (e.g. drop_last=True), or raise torch._dynamo.config.recompile_limit; odernn.compile_log() "
                f"lists the compiles")
+
+
+def _compile_failed(dyn: nn.Module, e: Exception) -> None:
+    _COMPILED[dyn]["eager"] = True
+    _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
+                                             f"({type(e).__name__}: {e}); running the solver loop eagerly")
 
 
 def _log_compile(dyn: nn.Module, kind: str, z: Tensor, seconds: float) -> None:
@@ -494,9 +498,7 @@ def _call_dynamo(dyn: nn.Module, kind: str, z: Tensor, args: tuple, eager: Calla
         _limit_warning(dyn, kind, z)
         return eager(*args)
     except Exception as e:  # a backend failure: say so once and go on eagerly (eager re-raises genuine errors)
-        _COMPILED[dyn]["eager"] = True
-        _warn_once(f"fail-{type(dyn).__name__}", f"Solver(compile=True): compiling {type(dyn).__name__} failed "
-                                                 f"({type(e).__name__}: {e}); running the solver loop eagerly")
+        _compile_failed(dyn, e)
         return eager(*args)
     if _graphs_compiled() != before:
         _log_compile(dyn, kind, z, time.perf_counter() - start)

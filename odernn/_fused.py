@@ -69,7 +69,7 @@ class Plan(NamedTuple):
     ``dt`` (B, T) gaps in the state dtype (0 where a sample does not move), ``t_from`` (B, T) start times (only read
     by time-dependent fields), ``active`` (B, T) bool or None (which samples the cell updates), ``moves[i]`` whether
     any sample moves before observation ``i``, ``spans[i]`` the largest gap there, ``update`` whether the cell runs;
-    ``dt_rows`` (T, B) the gaps transposed and contiguous (each gap's column without a copy), or None.
+    ``dt_rows`` (T, B) the gaps transposed and contiguous (each gap's column without a copy per gap).
     """
 
     dt: Tensor
@@ -78,7 +78,7 @@ class Plan(NamedTuple):
     moves: List[bool]
     spans: List[float]
     update: bool
-    dt_rows: Optional[Tensor] = None
+    dt_rows: Tensor
 
 
 def make_plan(dt: Tensor, t_from: Tensor, active: Optional[Tensor], update: bool) -> Plan:
@@ -106,7 +106,7 @@ class _Gap:
     def __init__(self, seq: Sequence_, i: int, phase: str) -> None:
         self.dyn = seq.dynamics
         plan = seq.plan
-        dt = plan.dt[:, i] if plan.dt_rows is None else plan.dt_rows[i]
+        dt = plan.dt_rows[i]
         self.scale = dt.reshape((-1,) + (1,) * (seq.state_dim - 1)).contiguous()  # one stride for compiled code
         self.dt = dt
         self.t_from = plan.t_from[:, i] if seq.needs_time else None

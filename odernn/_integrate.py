@@ -319,7 +319,7 @@ class ODEBlock(nn.Module):
         dyn = self.dynamics
         dt = torch.full((B, 1), self.t1 - self.t0, dtype=z0.dtype, device=z0.device)
         t_from = torch.full((B, 1), self.t0, dtype=torch.float64, device=z0.device)
-        plan = Plan(dt, t_from, None, [True], [self.t1 - self.t0], False)
+        plan = Plan(dt, t_from, None, [True], [self.t1 - self.t0], False, dt.t().contiguous())
         needs_time = dyn.time_dependent or type(dyn).forward not in BUILTIN_FORWARDS
         seq = Sequence_(dyn, None, self.solver, plan, None, False, needs_time, z0.dim())
         zpre, _, _ = run_sequence(seq, z0, None, None, None)
